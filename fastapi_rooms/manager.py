@@ -1,0 +1,306 @@
+"""RoomManager: connections, rooms, broadcast and stats (Gobstopper's WebSocketManager surface)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from ._frame import Frame, default_max_message_bytes, encode, json_dumps
+from .outbound import SLOW_CONSUMER_CLOSE_CODE, Overflow
+from .websocket import WebSocket
+
+__all__ = ["RoomManager", "WebSocketManager"]
+
+_log = logging.getLogger("fastapi_rooms")
+
+Exclude = str | Iterable[str] | None
+
+
+class _RoomsView(Mapping[str, KeysView[str]]):
+    """Read-only live view: room -> set-like view of its connection ids."""
+
+    __slots__ = ("_rooms",)
+
+    def __init__(self, rooms: dict[str, dict[str, WebSocket]]) -> None:
+        self._rooms = rooms
+
+    def __getitem__(self, room: str) -> KeysView[str]:
+        return self._rooms[room].keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rooms)
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def __repr__(self) -> str:
+        return repr({room: set(ids) for room, ids in self._rooms.items()})
+
+
+class RoomManager:
+    """Connections by id, rooms of ids, and broadcasts that never wait on a slow member.
+
+    ``backend=None`` keeps everything in this process. Each connection has a bounded outbound
+    buffer of ``max_buffer`` frames; ``overflow`` says what happens to a member whose buffer is
+    full: ``"close"`` it with 1013 (default) or ``"drop"`` the frame for it.
+    """
+
+    def __init__(
+        self,
+        backend: Any = None,
+        *,
+        max_buffer: int = 1024,
+        overflow: Overflow = "close",
+        max_message_bytes: int | None = None,
+        json_dumps: Callable[[Any], str] = json_dumps,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        if backend is not None:
+            raise ValueError(
+                f"unsupported backend {backend!r}: this version moves messages within one "
+                "process only (backend=None)"
+            )
+        if max_buffer < 1:
+            raise ValueError(f"max_buffer must be at least 1, got {max_buffer}")
+        if overflow not in ("close", "drop"):
+            raise ValueError(f"overflow must be 'close' or 'drop', got {overflow!r}")
+        self.max_buffer = max_buffer
+        self.overflow: Overflow = overflow
+        self.max_message_bytes = (
+            default_max_message_bytes() if max_message_bytes is None else max_message_bytes
+        )
+        self.shutdown_timeout = shutdown_timeout
+        self._dumps = json_dumps
+        self._connections: dict[str, WebSocket] = {}
+        self._rooms: dict[str, dict[str, WebSocket]] = {}
+        self._memberships: dict[str, set[str]] = {}
+        self._sockets: set[WebSocket] = set()  # every open socket the library serves
+        self._handlers = 0
+        self._handlers_idle = asyncio.Event()
+        self._handlers_idle.set()
+        self._started = False
+        self._delivered = 0
+        self._dropped = 0
+        self._discarded = 0
+        self._closes: Counter[int] = Counter()
+        #: id -> WebSocket, read-only (``.get``, ``len``, ``.items()`` as in Gobstopper's guide).
+        self.connections: Mapping[str, WebSocket] = MappingProxyType(self._connections)
+        #: room -> set-like view of connection ids, read-only.
+        self.rooms: Mapping[str, KeysView[str]] = _RoomsView(self._rooms)
+
+    # Connections --------------------------------------------------------------------------
+
+    def wrap(self, websocket: Any) -> WebSocket:
+        """A fastapi_rooms WebSocket for a Starlette one, with this manager's buffer settings."""
+        if isinstance(websocket, WebSocket):
+            return websocket
+        return WebSocket.from_starlette(
+            websocket,
+            max_message_bytes=self.max_message_bytes,
+            max_buffer=self.max_buffer,
+            overflow=self.overflow,
+        )
+
+    def add_connection(self, connection_id: str, websocket: Any) -> WebSocket:
+        """Register a connection (ours or a Starlette WebSocket) under ``connection_id``.
+
+        Returns the fastapi_rooms WebSocket; send through it to keep order with broadcasts.
+        """
+        ws = self.wrap(websocket)
+        current = self._connections.get(connection_id)
+        if current is not None:
+            if current is ws:
+                return ws
+            raise ValueError(
+                f"connection id {connection_id!r} is already registered to another WebSocket; "
+                "remove_connection() it first or use a unique id (for example uuid4())"
+            )
+        if ws.closed:
+            raise ValueError(f"cannot add connection {connection_id!r}: its WebSocket is closed")
+        self._connections[connection_id] = ws
+        self._memberships[connection_id] = set()
+        self._sockets.add(ws)
+        ws._on_closed((self, connection_id), self._closed_listener(connection_id))
+        return ws
+
+    def _closed_listener(self, connection_id: str) -> Callable[[WebSocket], None]:
+        def closed(ws: WebSocket) -> None:
+            self._closes[ws.close_code or 1006] += 1
+            self._discarded += ws._outbound.discarded
+            if ws.close_code == SLOW_CONSUMER_CLOSE_CODE:
+                _log.warning("connection %s closed: its outbound buffer overflowed", connection_id)
+            if self._connections.get(connection_id) is ws:
+                self.remove_connection(connection_id)
+
+        return closed
+
+    def remove_connection(self, connection_id: str) -> None:
+        """Forget a connection and take it out of every room (idempotent)."""
+        ws = self._connections.pop(connection_id, None)
+        if ws is None:
+            return
+        ws._off_closed((self, connection_id))
+        for room in self._memberships.pop(connection_id, ()):
+            self._discard(room, connection_id)
+        if ws not in self._connections.values():
+            self._sockets.discard(ws)
+
+    def _discard(self, room: str, connection_id: str) -> None:
+        members = self._rooms.get(room)
+        if members is not None:
+            members.pop(connection_id, None)
+            if not members:
+                del self._rooms[room]
+
+    # Rooms --------------------------------------------------------------------------------
+
+    def join_room(self, connection_id: str, room: str) -> None:
+        """Add a registered connection to ``room`` (created on first join)."""
+        ws = self._connections.get(connection_id)
+        if ws is None:
+            raise KeyError(
+                f"connection {connection_id!r} is not registered (closed, or never added): "
+                "call add_connection() before join_room()"
+            )
+        self._rooms.setdefault(room, {})[connection_id] = ws
+        self._memberships[connection_id].add(room)
+
+    def leave_room(self, connection_id: str, room: str) -> None:
+        """Take a connection out of ``room``; the room disappears when empty (idempotent)."""
+        rooms = self._memberships.get(connection_id)
+        if rooms is not None and room in rooms:
+            rooms.discard(room)
+            self._discard(room, connection_id)
+
+    def get_room_connections(self, room: str) -> set[str]:
+        """A copy of the ids in ``room`` (empty when there is no such room)."""
+        members = self._rooms.get(room)
+        return set(members) if members else set()
+
+    def get_connection_rooms(self, connection_id: str) -> set[str]:
+        """A copy of the rooms ``connection_id`` is in."""
+        return set(self._memberships.get(connection_id, ()))
+
+    # Delivery -----------------------------------------------------------------------------
+
+    def encode(self, message: Any) -> Frame:
+        """Encode once: str as text, bytes as binary, anything else as JSON text."""
+        return encode(message, self.max_message_bytes, self._dumps)
+
+    def _deliver(self, members: dict[str, WebSocket], frame: Frame, exclude: Exclude) -> int:
+        event = frame.asgi
+        delivered = 0
+        if exclude is None:
+            targets = tuple(members.values())
+            for ws in targets:
+                if ws._outbound.offer(event):
+                    delivered += 1
+        else:
+            skip = {exclude} if isinstance(exclude, str) else set(exclude)
+            targets = tuple(ws for cid, ws in members.items() if cid not in skip)
+            for ws in targets:
+                if ws._outbound.offer(event):
+                    delivered += 1
+        self._delivered += delivered
+        self._dropped += len(targets) - delivered
+        return delivered
+
+    async def broadcast_to_room(self, room: str, message: Any, *, exclude: Exclude = None) -> int:
+        """Hand ``message`` to every member of ``room``; returns how many took it.
+
+        Returns without waiting for any socket: a member with a full buffer gets the overflow
+        policy. ``exclude`` is an id or ids to skip (for example the sender).
+        """
+        frame = self.encode(message)
+        members = self._rooms.get(room)
+        if not members:
+            return 0
+        return self._deliver(members, frame, exclude)
+
+    async def broadcast_to_all(self, message: Any, *, exclude: Exclude = None) -> int:
+        """Hand ``message`` to every registered connection; returns how many took it."""
+        frame = self.encode(message)
+        return self._deliver(self._connections, frame, exclude)
+
+    async def send_to(self, connection_id: str, message: Any) -> bool:
+        """Hand ``message`` to one connection; False when it is not connected here."""
+        frame = self.encode(message)
+        ws = self._connections.get(connection_id)
+        if ws is None:
+            return False
+        return self._deliver({connection_id: ws}, frame, None) == 1
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def start(self) -> None:
+        """Called by the app's lifespan (through the rooms router)."""
+        self._started = True
+
+    def _track(self, ws: WebSocket) -> None:
+        """A router handler started serving ``ws``."""
+        self._sockets.add(ws)
+        self._handlers += 1
+        self._handlers_idle.clear()
+
+    def _untrack(self, ws: WebSocket) -> None:
+        self._handlers -= 1
+        if ws not in self._connections.values():
+            self._sockets.discard(ws)
+        if self._handlers == 0:
+            self._handlers_idle.set()
+
+    async def stop(self) -> None:
+        """Close every open connection with 1001 and wait for handlers (bounded by shutdown_timeout)."""
+        self._started = False
+        sockets = [ws for ws in self._sockets if not ws.closed]
+        if sockets:
+            _log.info("shutting down: closing %d WebSocket connection(s) with 1001", len(sockets))
+            results = await asyncio.gather(
+                *(ws.close(1001, "server shutting down") for ws in sockets if ws.accepted),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    _log.warning("closing a connection at shutdown failed: %r", result)
+        try:
+            await asyncio.wait_for(self._handlers_idle.wait(), self.shutdown_timeout)
+        except asyncio.TimeoutError:
+            _log.warning(
+                "%d WebSocket handler(s) still running %.1fs after shutdown began",
+                self._handlers,
+                self.shutdown_timeout,
+            )
+        for ws in list(self._sockets):
+            ws._outbound.cancel()
+        discarded = sum(ws._outbound.discarded for ws in self._sockets)
+        if discarded:
+            _log.warning("shutdown: %d buffered message(s) were never delivered", discarded)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for monitoring (served by ``GET /stats``)."""
+        return {
+            "connections": len(self._connections),
+            "rooms": len(self._rooms),
+            "room_sizes": {room: len(members) for room, members in self._rooms.items()},
+            "open_sockets": len(self._sockets),
+            "handlers": self._handlers,
+            "messages_delivered": self._delivered,
+            "messages_dropped": self._dropped,
+            "messages_discarded_at_close": self._discarded,
+            "buffered": sum(ws.buffered for ws in self._connections.values()),
+            "slow_consumer_closes": self._closes[SLOW_CONSUMER_CLOSE_CODE],
+            "closes_by_code": {str(code): n for code, n in sorted(self._closes.items())},
+            "backend": {"type": "memory", "connected": True},
+        }
+
+
+#: Gobstopper's name for the same class.
+WebSocketManager = RoomManager

@@ -1,0 +1,75 @@
+"""What ``WebSocket.receive()`` returns, and the error raised on a closed connection."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["ConnectionClosed", "Message", "MessageType"]
+
+MessageType = Literal["text", "bytes", "close", "error"]
+
+# Granian numbers message kinds 0 close, 1 bytes, 2 text; "error" ends the connection too.
+_KINDS: dict[str, int] = {"close": 0, "error": 0, "bytes": 1, "text": 2}
+
+
+class ConnectionClosed(ConnectionError, RuntimeError):
+    """Raised on use of a closed WebSocket.
+
+    A ``ConnectionError`` as Gobstopper's guide documents, and a ``RuntimeError`` as
+    Granian's ``ProtocolClosed`` is, so handlers written against either keep working.
+    """
+
+    def __init__(self, code: int = 1006, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"WebSocket is closed (code {code}{detail})")
+
+
+class Message:
+    """One received WebSocket message: ``type``, ``data``, ``kind`` and, on close, ``code``."""
+
+    __slots__ = ("code", "data", "reason", "type")
+
+    type: MessageType
+    data: str | bytes | None
+    code: int | None
+    reason: str
+
+    def __init__(
+        self,
+        type: MessageType,
+        data: str | bytes | None = None,
+        *,
+        code: int | None = None,
+        reason: str = "",
+    ) -> None:
+        self.type = type
+        self.data = data
+        self.code = code
+        self.reason = reason
+
+    @property
+    def kind(self) -> int:
+        """Granian's number for this type: 0 close (and error), 1 bytes, 2 text."""
+        return _KINDS[self.type]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.type, self.data, self.code, self.reason) == (
+            other.type,
+            other.data,
+            other.code,
+            other.reason,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.data, self.code, self.reason))
+
+    def __repr__(self) -> str:
+        if self.type in ("close", "error"):
+            return f"Message(type={self.type!r}, code={self.code!r}, reason={self.reason!r})"
+        data = self.data
+        shown = data if data is None or len(data) <= 60 else data[:57] + ("..." if isinstance(data, str) else b"...")
+        return f"Message(type={self.type!r}, data={shown!r})"

@@ -1,0 +1,247 @@
+"""Per-connection bounded outbound buffer with one writer and a slow-consumer policy.
+
+A broadcast must never wait on its slowest member. ``offer()`` runs the server's ``send``
+coroutine by hand: when the socket takes the frame at once (the common case on uvicorn, whose
+``send`` only suspends while the transport is paused) the frame is out and no task was made.
+When ``send`` would suspend, the half-run coroutine goes to a writer task, and later frames wait
+in a bounded queue behind it, so frames to one connection keep their order. A queue that stays
+full triggers the overflow policy: drop the frame, or close the connection (default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Literal
+
+from .message import ConnectionClosed
+
+__all__ = ["Outbound", "Overflow", "SLOW_CONSUMER_CLOSE_CODE"]
+
+Overflow = Literal["close", "drop"]
+Event = dict[str, Any]
+Send = Callable[[Event], Awaitable[None]]
+
+#: Close code for a connection closed because its outbound buffer overflowed (Try Again Later).
+SLOW_CONSUMER_CLOSE_CODE = 1013
+
+_log = logging.getLogger("fastapi_rooms")
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiter: Any) -> Generator[Any, Any, None]:
+    """Finish a coroutine that was started by hand and suspended on ``waiter``."""
+    try:
+        yield waiter
+    except BaseException:
+        coro.close()
+        raise
+    yield from coro  # type: ignore[misc]
+
+
+class Outbound:
+    """Ordered, bounded delivery of ASGI send events to one connection."""
+
+    __slots__ = (
+        "_closer",
+        "_limit",
+        "_on_dead",
+        "_policy",
+        "_queue",
+        "_send",
+        "_writer",
+        "busy",
+        "closed",
+        "discarded",
+        "dropped",
+        "sent",
+    )
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        limit: int,
+        policy: Overflow,
+        on_dead: Callable[[int, str], None],
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"max_buffer must be at least 1, got {limit}")
+        if policy not in ("close", "drop"):
+            raise ValueError(f"overflow must be 'close' or 'drop', got {policy!r}")
+        self._send = send
+        self._limit = limit
+        self._policy = policy
+        self._on_dead = on_dead
+        # Entries are send events, or (event, future) for a sender that waits for its frame.
+        self._queue: deque[Event | tuple[Event, asyncio.Future[None]]] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self.busy = False
+        self.closed = False
+        self.dropped = 0  # frames refused by the overflow policy
+        self.discarded = 0  # frames still queued when the connection closed
+        self.sent = 0
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting behind a send in progress."""
+        return len(self._queue)
+
+    def offer(self, event: Event) -> bool:
+        """Hand over a frame without waiting. False when it was dropped or the connection is gone."""
+        if self.closed:
+            return False
+        if self.busy:
+            if len(self._queue) < self._limit:
+                self._queue.append(event)
+                return True
+            return self._overflow()
+        coro = self._send(event)
+        try:
+            waiter = coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            self.sent += 1
+            return True
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        self.busy = True
+        self._writer = asyncio.get_running_loop().create_task(
+            self._drain(_resume(coro, waiter))  # type: ignore[arg-type]
+        )
+        return True
+
+    async def send(self, event: Event) -> None:
+        """Send a frame and wait until the server took it, after every frame queued before it."""
+        if self.closed:
+            raise ConnectionClosed()
+        if self.busy:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue.append((event, future))  # a waiting sender is not subject to the limit
+            await future
+            return
+        self.busy = True
+        try:
+            await self._send(event)
+        except Exception as exc:
+            self._fail(exc)
+            raise ConnectionClosed() from exc
+        finally:
+            if not self.closed:
+                if self._queue:
+                    self._writer = asyncio.get_running_loop().create_task(self._drain(None))
+                else:
+                    self.busy = False
+        self.sent += 1
+
+    async def _drain(self, pending: Awaitable[None] | None) -> None:
+        queue = self._queue
+        send = self._send
+        entry: Event | tuple[Event, asyncio.Future[None]] | None = None
+        try:
+            if pending is not None:
+                await pending
+                self.sent += 1
+            while queue:
+                entry = queue.popleft()
+                if type(entry) is tuple:
+                    await send(entry[0])
+                    if not entry[1].done():
+                        entry[1].set_result(None)
+                else:
+                    await send(entry)  # type: ignore[arg-type]
+                self.sent += 1
+                entry = None
+        except asyncio.CancelledError:
+            self._fail_waiters(entry)
+            raise
+        except Exception as exc:
+            self._fail_waiters(entry)
+            self._fail(exc)
+        finally:
+            self._writer = None
+            if not self.closed:
+                self.busy = False
+
+    def _overflow(self) -> bool:
+        self.dropped += 1
+        if self._policy == "drop":
+            return False
+        self.abort(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: outbound buffer full")
+        return False
+
+    def abort(self, code: int, reason: str) -> None:
+        """Stop delivering now, drop what is queued (counted), and close with ``code`` in the background.
+
+        The close frame leaves once the peer reads again; a peer that never does is cut off by
+        the server's keepalive timeout.
+        """
+        if self.closed:
+            return
+        self._mark_closed()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._closer = asyncio.get_running_loop().create_task(self._send_close(code, reason))
+        self._on_dead(code, reason)
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except Exception as exc:  # the peer went away first: nothing left to tell it
+            _log.debug("close frame %s not delivered: %r", code, exc)
+        finally:
+            self._closer = None
+
+    async def close(self, event: Event, timeout: float | None) -> None:
+        """Send ``event`` (a close) after every queued frame, then refuse further frames."""
+        if self.closed:
+            return
+        if self.busy:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue.append((event, future))
+            self.closed = True
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+            except (asyncio.TimeoutError, ConnectionClosed):
+                self.cancel()
+            return
+        self.closed = True
+        self.busy = True
+        try:
+            await asyncio.wait_for(self._send(event), timeout)
+        except (asyncio.TimeoutError, Exception) as exc:
+            _log.debug("close frame not delivered: %r", exc)
+
+    def cancel(self) -> None:
+        """Stop the writer and the background close, dropping (and counting) what is queued."""
+        self._mark_closed()
+        for task in (self._writer, self._closer):
+            if task is not None:
+                task.cancel()
+
+    def _mark_closed(self) -> None:
+        self.closed = True
+        self.busy = True
+        queue = self._queue
+        while queue:
+            entry = queue.popleft()
+            if type(entry) is tuple:
+                self._fail_waiters(entry)
+            else:
+                self.discarded += 1
+
+    def _fail_waiters(self, entry: Any) -> None:
+        if type(entry) is tuple and not entry[1].done():
+            entry[1].set_exception(ConnectionClosed())
+            entry[1].exception()  # mark retrieved: the waiter may have been cancelled meanwhile
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.closed:
+            return
+        self._mark_closed()
+        _log.debug("send failed, connection dropped: %r", exc)
+        self._on_dead(1006, f"send failed: {type(exc).__name__}")

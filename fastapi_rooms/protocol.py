@@ -1,0 +1,125 @@
+"""The small JSON protocol of the ready-made WebSocket endpoint (``/ws`` by default).
+
+Client to server: ``{"type": "join", "room": R}``, ``{"type": "leave", "room": R}``,
+``{"type": "publish", "room": R, "data": ANY, "exclude_self": false}``, ``{"type": "ping"}``.
+Server to client: ``welcome`` (with ``connection_id``), ``joined``, ``left``, ``message``
+(``room``, ``from``, ``data``), ``pong`` and ``error`` (``code``, ``message``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from ._frame import MessageTooBig
+from .manager import RoomManager
+from .message import ConnectionClosed
+from .websocket import WebSocket
+
+__all__ = ["ClientMessage", "serve_protocol"]
+
+_log = logging.getLogger("fastapi_rooms")
+
+RoomName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Join(_Strict):
+    type: Literal["join"]
+    room: RoomName
+
+
+class Leave(_Strict):
+    type: Literal["leave"]
+    room: RoomName
+
+
+class Publish(_Strict):
+    type: Literal["publish"]
+    room: RoomName
+    data: JsonValue
+    exclude_self: bool = False
+
+
+class Ping(_Strict):
+    type: Literal["ping"]
+
+
+ClientMessage = Annotated[Join | Leave | Publish | Ping, Field(discriminator="type")]
+_client_message: TypeAdapter[Join | Leave | Publish | Ping] = TypeAdapter(ClientMessage)
+
+
+def _error(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "code": code, "message": message})
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"{where}: {first['msg']}"
+
+
+async def serve_protocol(websocket: WebSocket, manager: RoomManager) -> None:
+    """Run the ready endpoint's protocol on an accepted-or-not WebSocket until it closes."""
+    await websocket.accept()
+    connection_id = uuid.uuid4().hex
+    manager.add_connection(connection_id, websocket)
+    try:
+        await websocket.send_text(json.dumps({"type": "welcome", "connection_id": connection_id}))
+        async for message in websocket:
+            if message.type != "text":
+                await websocket.send_text(
+                    _error("invalid_message", "expected a JSON text message, got binary")
+                )
+                continue
+            try:
+                request = _client_message.validate_json(message.data)  # type: ignore[arg-type]
+            except ValidationError as exc:
+                await websocket.send_text(_error("invalid_message", _describe(exc)))
+                continue
+            await _handle(request, websocket, connection_id, manager)
+    except ConnectionClosed:
+        pass
+    finally:
+        manager.remove_connection(connection_id)
+
+
+async def _handle(
+    request: Join | Leave | Publish | Ping,
+    websocket: WebSocket,
+    connection_id: str,
+    manager: RoomManager,
+) -> None:
+    if isinstance(request, Join):
+        manager.join_room(connection_id, request.room)
+        await websocket.send_text(json.dumps({"type": "joined", "room": request.room}))
+    elif isinstance(request, Leave):
+        manager.leave_room(connection_id, request.room)
+        await websocket.send_text(json.dumps({"type": "left", "room": request.room}))
+    elif isinstance(request, Publish):
+        if request.room not in manager.get_connection_rooms(connection_id):
+            await websocket.send_text(
+                _error("not_in_room", f"join room {request.room!r} before publishing to it")
+            )
+            return
+        event: dict[str, Any] = {
+            "type": "message",
+            "room": request.room,
+            "from": connection_id,
+            "data": request.data,
+        }
+        try:
+            await manager.broadcast_to_room(
+                request.room, event, exclude=connection_id if request.exclude_self else None
+            )
+        except MessageTooBig as exc:
+            await websocket.send_text(_error("message_too_big", str(exc)))
+    else:
+        await websocket.send_text('{"type":"pong"}')

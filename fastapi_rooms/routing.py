@@ -1,0 +1,372 @@
+"""RoomsRouter: Gobstopper-style WebSocket handlers, REST endpoints that broadcast, lifespan."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar, get_type_hints
+
+from fastapi import APIRouter, HTTPException, params
+from fastapi.routing import APIWebSocketRoute
+from pydantic import BaseModel, Field, JsonValue
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket as StarletteWebSocket
+
+from ._frame import MessageTooBig
+from ._paths import convert_path
+from .dependencies import STATE_KEY
+from .manager import RoomManager
+from .message import ConnectionClosed
+from .protocol import serve_protocol
+from .websocket import WebSocket
+
+__all__ = ["RoomsRouter", "create_rooms_router"]
+
+_log = logging.getLogger("fastapi_rooms")
+
+Handler = Callable[..., Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+
+# REST models --------------------------------------------------------------------------------
+
+
+class MessageBody(BaseModel):
+    """A string goes to clients unchanged as one text frame; any other JSON value is JSON-encoded."""
+
+    message: JsonValue = Field(description="Text sent as is, or any JSON value sent JSON-encoded.")
+    exclude: list[str] = Field(default_factory=list, description="Connection ids to skip.")
+
+
+class BroadcastResult(BaseModel):
+    status: Literal["broadcasted"] = "broadcasted"
+    connections: int = Field(description="Connections the message was handed to.")
+
+
+class RoomBroadcastResult(BaseModel):
+    status: Literal["sent"] = "sent"
+    room_connections: int = Field(description="Members of the room the message was handed to.")
+
+
+class SendResult(BaseModel):
+    status: Literal["sent"] = "sent"
+    connection_id: str
+
+
+class RoomSummary(BaseModel):
+    room: str
+    connections: int
+
+
+class RoomList(BaseModel):
+    rooms: list[RoomSummary]
+
+
+class RoomDetail(BaseModel):
+    room: str
+    connections: int
+    connection_ids: list[str]
+
+
+# Handlers ------------------------------------------------------------------------------------
+
+
+async def _serve(handler: Handler, ws: WebSocket, kwargs: dict[str, Any], manager: RoomManager) -> None:
+    """Run a handler; 1011 if it raises after accept, 403 if it returns without accepting."""
+    manager._track(ws)
+    try:
+        await handler(ws, **kwargs)
+    except Exception as exc:
+        if not ws.accepted:
+            raise  # the server answers the handshake with HTTP 500 and logs it
+        if ws.closed and isinstance(exc, ConnectionClosed):
+            _log.debug("handler for %s ended on a closed connection", ws.path)
+        else:
+            _log.exception("WebSocket handler for %s raised; closing with 1011", ws.path)
+            if not ws.closed:
+                await ws.close(1011, "internal error")
+    else:
+        if not ws.closed:
+            await ws.close(1000)  # before accept this rejects the handshake with 403
+    finally:
+        manager._untrack(ws)
+
+
+def _endpoint(handler: Handler, path: str, manager: RoomManager) -> Callable[..., Awaitable[None]]:
+    """A FastAPI WebSocket endpoint that calls ``handler(websocket, **path_params, **deps)``."""
+    starlette_path, path_types = convert_path(path)
+    signature = inspect.signature(handler)
+    params_ = list(signature.parameters.values())
+    if not params_ or params_[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise TypeError(
+            f"{handler.__qualname__} must take the websocket as its first positional parameter"
+        )
+    try:
+        hints = get_type_hints(handler, include_extras=True)
+    except Exception:  # unresolvable string annotations: let FastAPI report them
+        hints = {}
+    ws_name = params_[0].name
+    rest: list[inspect.Parameter] = []
+    takes_kwargs = False
+    for param in params_[1:]:
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            takes_kwargs = True
+            continue
+        if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL):
+            raise TypeError(
+                f"{handler.__qualname__}: parameter {param.name!r} must be passable by keyword"
+            )
+        annotation = hints.get(param.name, param.annotation)
+        if annotation is inspect.Parameter.empty and param.name in path_types:
+            annotation = path_types[param.name]
+        rest.append(param.replace(annotation=annotation, kind=inspect.Parameter.KEYWORD_ONLY))
+    declared = {p.name for p in rest}
+    if takes_kwargs:
+        for name, kind in path_types.items():
+            if name not in declared:
+                rest.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind))
+    missing = set(path_types) - {p.name for p in rest}
+    if missing:
+        raise TypeError(
+            f"{handler.__qualname__} does not take path parameter(s) {sorted(missing)} of {path!r}"
+        )
+    ws_param = inspect.Parameter(
+        ws_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=StarletteWebSocket
+    )
+
+    async def endpoint(**kwargs: Any) -> None:
+        ws = manager.wrap(kwargs.pop(ws_name))
+        await _serve(handler, ws, kwargs, manager)
+
+    endpoint.__signature__ = inspect.Signature([ws_param, *rest])  # type: ignore[attr-defined]
+    endpoint.__name__ = getattr(handler, "__name__", "websocket_handler")
+    endpoint.__qualname__ = getattr(handler, "__qualname__", endpoint.__name__)
+    endpoint.__doc__ = handler.__doc__
+    endpoint.__rooms_handler__ = (handler, starlette_path)  # type: ignore[attr-defined]
+    return endpoint
+
+
+# Lifespan ------------------------------------------------------------------------------------
+
+
+def _install_going_away(app: Any) -> None:
+    """Make WebSockets to unmatched paths close with 1001 (Going Away), as Gobstopper's guide says."""
+    router = getattr(app, "router", None)
+    if router is None or getattr(router.default, "_fastapi_rooms_going_away", False):
+        return
+    previous: ASGIApp = router.default
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await previous(scope, receive, send)
+            return
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1001, "reason": "no route for this path"})
+
+    default._fastapi_rooms_going_away = True  # type: ignore[attr-defined]
+    router.default = default
+
+
+def _lifespan(manager: RoomManager) -> Callable[[Any], Any]:
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        state = getattr(app, "state", None)
+        if state is not None:
+            current = getattr(state, STATE_KEY, None)
+            if current is not None and current is not manager:
+                raise RuntimeError(
+                    "this app includes rooms routers with different RoomManagers; "
+                    "pass one manager to every create_rooms_router(manager=...)"
+                )
+            setattr(state, STATE_KEY, manager)
+        _install_going_away(app)
+        owner = not manager.started
+        if owner:
+            await manager.start()
+        try:
+            yield None
+        finally:
+            if owner:
+                await manager.stop()
+            if state is not None and getattr(state, STATE_KEY, None) is manager:
+                delattr(state, STATE_KEY)
+
+    return lifespan
+
+
+# Router --------------------------------------------------------------------------------------
+
+
+class RoomsRouter(APIRouter):
+    """An APIRouter with a RoomManager, Gobstopper-style ``.websocket`` and broadcast endpoints.
+
+    ``dependencies=`` protects the REST endpoints (and any HTTP route added to this router);
+    WebSocket handlers take their own ``dependencies=``.
+    """
+
+    def __init__(
+        self,
+        manager: RoomManager | None = None,
+        *,
+        ready_endpoint: str | None = "/ws",
+        rest: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.rest_dependencies: list[params.Depends] = list(kwargs.pop("dependencies", None) or [])
+        user_lifespan = kwargs.pop("lifespan", None)
+        super().__init__(**kwargs)
+        self.manager = manager if manager is not None else RoomManager()
+        lifespan = _lifespan(self.manager)
+        if user_lifespan is not None:
+            from fastapi.routing import _merge_lifespan_context
+
+            lifespan = _merge_lifespan_context(lifespan, user_lifespan)
+        self.lifespan_context = lifespan
+        self.rooms_handlers: list[tuple[str, Handler]] = []
+        if rest:
+            self._add_rest_endpoints()
+        if ready_endpoint is not None:
+            manager_ = self.manager
+
+            async def rooms_protocol(websocket: WebSocket) -> None:
+                await serve_protocol(websocket, manager_)
+
+            self.add_rooms_websocket(ready_endpoint, rooms_protocol, name="fastapi_rooms_ws")
+
+    # WebSocket handlers ----------------------------------------------------------------------
+
+    def add_rooms_websocket(
+        self,
+        path: str,
+        handler: Handler,
+        name: str | None = None,
+        *,
+        dependencies: Sequence[params.Depends] | None = None,
+    ) -> None:
+        """Register ``handler(websocket, **path_params)`` at ``path`` (``{x}`` or ``<int:x>``)."""
+        endpoint = _endpoint(handler, path, self.manager)
+        starlette_path = endpoint.__rooms_handler__[1]  # type: ignore[attr-defined]
+        route = APIWebSocketRoute(
+            self.prefix + starlette_path,
+            endpoint=endpoint,
+            name=name,
+            dependencies=list(dependencies or []),
+            dependency_overrides_provider=self.dependency_overrides_provider,
+        )
+        self.routes.append(route)
+        mark = getattr(self, "_mark_routes_changed", None)
+        if mark is not None:
+            mark()
+        self.rooms_handlers.append((self.prefix + starlette_path, handler))
+
+    def websocket(  # type: ignore[override]
+        self,
+        path: str,
+        name: str | None = None,
+        *,
+        dependencies: Sequence[params.Depends] | None = None,
+    ) -> Callable[[H], H]:
+        """Decorator for a Gobstopper-style handler ``async def handler(websocket, **params)``."""
+
+        def decorator(handler: H) -> H:
+            self.add_rooms_websocket(path, handler, name, dependencies=dependencies)
+            return handler
+
+        return decorator
+
+    # REST ------------------------------------------------------------------------------------
+
+    def _add_rest_endpoints(self) -> None:
+        manager = self.manager
+        deps = self.rest_dependencies
+        tags: list[Any] = list(self.tags) or ["rooms"]
+
+        def too_big(exc: MessageTooBig) -> HTTPException:
+            return HTTPException(status_code=413, detail=str(exc))
+
+        @self.post("/broadcast", response_model=BroadcastResult, dependencies=deps, tags=tags)
+        async def broadcast(body: MessageBody) -> BroadcastResult:
+            """Send a message to every connection."""
+            try:
+                n = await manager.broadcast_to_all(body.message, exclude=body.exclude or None)
+            except MessageTooBig as exc:
+                raise too_big(exc) from None
+            return BroadcastResult(connections=n)
+
+        @self.post(
+            "/rooms/{room}/broadcast", response_model=RoomBroadcastResult, dependencies=deps, tags=tags
+        )
+        async def broadcast_room(room: str, body: MessageBody) -> RoomBroadcastResult:
+            """Send a message to every member of a room."""
+            try:
+                n = await manager.broadcast_to_room(room, body.message, exclude=body.exclude or None)
+            except MessageTooBig as exc:
+                raise too_big(exc) from None
+            return RoomBroadcastResult(room_connections=n)
+
+        @self.post(
+            "/connections/{connection_id}/send",
+            response_model=SendResult,
+            dependencies=deps,
+            tags=tags,
+            responses={404: {"description": "No such connection"}},
+        )
+        async def send_to_connection(connection_id: str, body: MessageBody) -> SendResult:
+            """Send a message to one connection; 404 when it is not connected."""
+            try:
+                sent = await manager.send_to(connection_id, body.message)
+            except MessageTooBig as exc:
+                raise too_big(exc) from None
+            if not sent:
+                raise HTTPException(404, detail=f"connection {connection_id!r} is not connected")
+            return SendResult(connection_id=connection_id)
+
+        @self.get("/rooms", response_model=RoomList, dependencies=deps, tags=tags)
+        async def list_rooms() -> RoomList:
+            """Rooms that have members, with their sizes."""
+            return RoomList(
+                rooms=[RoomSummary(room=r, connections=len(ids)) for r, ids in manager.rooms.items()]
+            )
+
+        @self.get(
+            "/rooms/{room}",
+            response_model=RoomDetail,
+            dependencies=deps,
+            tags=tags,
+            responses={404: {"description": "The room has no members"}},
+        )
+        async def get_room(room: str) -> RoomDetail:
+            """One room's members; 404 when it has none."""
+            ids = manager.get_room_connections(room)
+            if not ids:
+                raise HTTPException(404, detail=f"room {room!r} has no members")
+            return RoomDetail(room=room, connections=len(ids), connection_ids=sorted(ids))
+
+        @self.get("/stats", dependencies=deps, tags=tags)
+        async def stats() -> dict[str, Any]:
+            """Connection, room, delivery and backend counters."""
+            return manager.stats()
+
+
+def create_rooms_router(
+    manager: RoomManager | None = None,
+    *,
+    prefix: str = "",
+    ready_endpoint: str | None = "/ws",
+    **apirouter_kwargs: Any,
+) -> RoomsRouter:
+    """A RoomsRouter with ``manager`` (a new in-process one by default).
+
+    ``app.include_router(router)`` starts and stops the manager with the app's lifespan, makes
+    ``Depends(get_manager)`` work anywhere in the app and closes WebSockets to unknown paths
+    with 1001.
+    """
+    return RoomsRouter(manager, prefix=prefix, ready_endpoint=ready_endpoint, **apirouter_kwargs)

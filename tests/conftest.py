@@ -1,0 +1,143 @@
+"""Shared fixtures: real servers in subprocesses on free loopback ports, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+#: Servers every cross-server test runs against. Granian RSGI joins with the RSGI issue.
+SERVERS = ["uvicorn"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)  # polling the listening socket: the event we wait on has no other signal
+    raise TimeoutError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+@dataclass
+class Server:
+    """A server subprocess serving ``app`` (``module:attr``) on a loopback port."""
+
+    kind: str
+    app: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    stopped: bool = field(default=False)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM by PID, then SIGKILL after ``timeout``; returns the exit code."""
+        if not self.stopped:
+            self.stopped = True
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_server(
+    kind: str, app: str, tmp_path: Path, env: dict[str, str] | None = None, *extra: str
+) -> Server:
+    port = free_port()
+    if kind == "uvicorn":
+        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "info", "--timeout-graceful-shutdown", "10", *extra]
+    elif kind == "granian-rsgi":
+        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", *extra, app]
+    elif kind == "granian-asgi":
+        cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", *extra, app]
+    else:
+        raise ValueError(f"unknown server kind {kind!r}")
+    log_path = tmp_path / f"{kind}-{port}.log"
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS), str(ROOT)]),
+                "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
+    server = Server(kind, app, port, proc, log_path)
+    try:
+        _wait_for_port(port, proc, timeout=30)
+    except BaseException:
+        server.stop()
+        raise RuntimeError(f"{kind} failed to start {app}:\n{server.log()}") from None
+    return server
+
+
+@pytest.fixture(scope="session", params=SERVERS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def guide_server(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """examples/gobstopper_guide.py served by each server kind, shared by the guide tests."""
+    tmp = tmp_path_factory.mktemp("guide")
+    app = "gobstopper_guide:app" if server_kind == "uvicorn" else "gobstopper_guide:rsgi_app"
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "examples"), str(APPS), str(ROOT)])}
+    server = start_server(server_kind, app, tmp, env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[object]:
+    """Start servers inside a test: ``serve(kind, "module:app", env={...})``; all stopped after."""
+    servers: list[Server] = []
+
+    def _serve(kind: str, app: str, env: dict[str, str] | None = None, *extra: str) -> Server:
+        server = start_server(kind, app, tmp_path, env, *extra)
+        servers.append(server)
+        return server
+
+    yield _serve
+    for server in servers:
+        server.stop()
