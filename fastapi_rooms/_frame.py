@@ -7,7 +7,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Frame", "MessageTooBig", "default_max_message_bytes", "encode", "json_dumps", "oversize"]
+__all__ = [
+    "Frame",
+    "MessageTooBig",
+    "default_max_message_bytes",
+    "encode",
+    "json_dumps",
+    "oversize",
+]
 
 _DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -66,9 +73,7 @@ class Frame:
 def encode(message: Any, limit: int, dumps: Callable[[Any], str]) -> Frame:
     """str goes out unchanged as text, bytes as binary, anything else JSON-encoded once as text."""
     data: str | bytes
-    if isinstance(message, str):
-        data = message
-    elif isinstance(message, bytes):
+    if isinstance(message, (str, bytes)):
         data = message
     elif isinstance(message, (bytearray, memoryview)):
         data = bytes(message)

@@ -28,7 +28,8 @@ def convert_path(path: str) -> tuple[str, dict[str, type[Any]]]:
         conv = match["conv"] or "str"
         if conv not in _CONVERTERS:
             raise ValueError(
-                f"unknown path converter {conv!r} in {path!r}: expected one of {sorted(_CONVERTERS)}"
+                f"unknown path converter {conv!r} in {path!r}: "
+                f"expected one of {sorted(_CONVERTERS)}"
             )
         starlette_conv, kind = _CONVERTERS[conv]
         types[match["name"]] = kind

@@ -258,7 +258,7 @@ class RoomManager:
             self._handlers_idle.set()
 
     async def stop(self) -> None:
-        """Close every open connection with 1001 and wait for handlers (bounded by shutdown_timeout)."""
+        """Close open connections with 1001; wait for handlers up to ``shutdown_timeout``."""
         self._started = False
         sockets = [ws for ws in self._sockets if not ws.closed]
         if sockets:

@@ -71,5 +71,9 @@ class Message:
         if self.type in ("close", "error"):
             return f"Message(type={self.type!r}, code={self.code!r}, reason={self.reason!r})"
         data = self.data
-        shown = data if data is None or len(data) <= 60 else data[:57] + ("..." if isinstance(data, str) else b"...")
+        shown: object = data
+        if isinstance(data, str) and len(data) > 60:
+            shown = data[:57] + "..."
+        elif isinstance(data, bytes) and len(data) > 60:
+            shown = data[:57] + b"..."
         return f"Message(type={self.type!r}, data={shown!r})"

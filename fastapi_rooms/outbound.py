@@ -39,7 +39,7 @@ def _resume(coro: Coroutine[Any, Any, None], waiter: Any) -> Generator[Any, Any,
     except BaseException:
         coro.close()
         raise
-    yield from coro  # type: ignore[misc]
+    yield from coro
 
 
 class Outbound:
@@ -92,7 +92,7 @@ class Outbound:
         return len(self._queue)
 
     def offer(self, event: Event) -> bool:
-        """Hand over a frame without waiting. False when it was dropped or the connection is gone."""
+        """Hand over a frame without waiting; False when dropped or the connection is gone."""
         if self.closed:
             return False
         if self.busy:
@@ -175,7 +175,7 @@ class Outbound:
         return False
 
     def abort(self, code: int, reason: str) -> None:
-        """Stop delivering now, drop what is queued (counted), and close with ``code`` in the background.
+        """Stop now, drop what is queued (counted), and close with ``code`` in the background.
 
         The close frame leaves once the peer reads again; a peer that never does is cut off by
         the server's keepalive timeout.

@@ -34,7 +34,7 @@ H = TypeVar("H", bound=Handler)
 
 
 class MessageBody(BaseModel):
-    """A string goes to clients unchanged as one text frame; any other JSON value is JSON-encoded."""
+    """A string reaches clients unchanged as one text frame; other JSON values JSON-encoded."""
 
     message: JsonValue = Field(description="Text sent as is, or any JSON value sent JSON-encoded.")
     exclude: list[str] = Field(default_factory=list, description="Connection ids to skip.")
@@ -73,7 +73,9 @@ class RoomDetail(BaseModel):
 # Handlers ------------------------------------------------------------------------------------
 
 
-async def _serve(handler: Handler, ws: WebSocket, kwargs: dict[str, Any], manager: RoomManager) -> None:
+async def _serve(
+    handler: Handler, ws: WebSocket, kwargs: dict[str, Any], manager: RoomManager
+) -> None:
     """Run a handler; 1011 if it raises after accept, 403 if it returns without accepting."""
     manager._track(ws)
     try:
@@ -129,7 +131,9 @@ def _endpoint(handler: Handler, path: str, manager: RoomManager) -> Callable[...
     if takes_kwargs:
         for name, kind in path_types.items():
             if name not in declared:
-                rest.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind))
+                rest.append(
+                    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind)
+                )
     missing = set(path_types) - {p.name for p in rest}
     if missing:
         raise TypeError(
@@ -155,7 +159,7 @@ def _endpoint(handler: Handler, path: str, manager: RoomManager) -> Callable[...
 
 
 def _install_going_away(app: Any) -> None:
-    """Make WebSockets to unmatched paths close with 1001 (Going Away), as Gobstopper's guide says."""
+    """Close WebSockets to unmatched paths with 1001 (Going Away), as Gobstopper's guide says."""
     router = getattr(app, "router", None)
     if router is None or getattr(router.default, "_fastapi_rooms_going_away", False):
         return
@@ -267,7 +271,7 @@ class RoomsRouter(APIRouter):
             mark()
         self.rooms_handlers.append((self.prefix + starlette_path, handler))
 
-    def websocket(  # type: ignore[override]
+    def websocket(
         self,
         path: str,
         name: str | None = None,
@@ -302,12 +306,17 @@ class RoomsRouter(APIRouter):
             return BroadcastResult(connections=n)
 
         @self.post(
-            "/rooms/{room}/broadcast", response_model=RoomBroadcastResult, dependencies=deps, tags=tags
+            "/rooms/{room}/broadcast",
+            response_model=RoomBroadcastResult,
+            dependencies=deps,
+            tags=tags,
         )
         async def broadcast_room(room: str, body: MessageBody) -> RoomBroadcastResult:
             """Send a message to every member of a room."""
             try:
-                n = await manager.broadcast_to_room(room, body.message, exclude=body.exclude or None)
+                n = await manager.broadcast_to_room(
+                    room, body.message, exclude=body.exclude or None
+                )
             except MessageTooBig as exc:
                 raise too_big(exc) from None
             return RoomBroadcastResult(room_connections=n)
@@ -333,7 +342,9 @@ class RoomsRouter(APIRouter):
         async def list_rooms() -> RoomList:
             """Rooms that have members, with their sizes."""
             return RoomList(
-                rooms=[RoomSummary(room=r, connections=len(ids)) for r, ids in manager.rooms.items()]
+                rooms=[
+                    RoomSummary(room=r, connections=len(ids)) for r, ids in manager.rooms.items()
+                ]
             )
 
         @self.get(

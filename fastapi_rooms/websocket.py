@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
@@ -175,7 +174,9 @@ class WebSocket:
                 self._finished = True
                 self._mark_closed(message.get("code", 1006), "client left before accept")
                 raise ConnectionClosed(1006, "client left before accept")
-            raise RuntimeError(f"expected 'websocket.connect' from the server, got {message['type']!r}")
+            raise RuntimeError(
+                f"expected 'websocket.connect' from the server, got {message['type']!r}"
+            )
         event: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
         if headers is not None:
             event["headers"] = list(headers)
@@ -226,7 +227,9 @@ class WebSocket:
     async def receive(self) -> Message:
         """The next message; a ``close`` message once the peer is gone, then ConnectionClosed."""
         if not self._accepted:
-            raise RuntimeError("cannot receive before accept(): call 'await websocket.accept()' first")
+            raise RuntimeError(
+                "cannot receive before accept(): call 'await websocket.accept()' first"
+            )
         if self._finished:
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
         if self._receiving:
@@ -238,7 +241,9 @@ class WebSocket:
             self._finished = True
             self._outbound.cancel()
             self._mark_closed(1006, f"receive failed: {type(exc).__name__}")
-            return Message("error", f"{type(exc).__name__}: {exc}", code=1006, reason="receive failed")
+            return Message(
+                "error", f"{type(exc).__name__}: {exc}", code=1006, reason="receive failed"
+            )
         finally:
             self._receiving = False
         kind = event["type"]
@@ -281,7 +286,7 @@ class WebSocket:
     # Closing ------------------------------------------------------------------------------
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close with ``code`` and ``reason``; before ``accept()`` this rejects the handshake (403)."""
+        """Close with ``code`` and ``reason``; before ``accept()`` this rejects the handshake."""
         if not isinstance(code, int) or not (code in _SENDABLE_CODES or 3000 <= code <= 4999):
             raise ValueError(
                 f"invalid WebSocket close code {code!r}: use 1000-1003, 1007-1014 or 3000-4999"

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Set-up and everyday commands; needs only python3 (3.10+).
+
+    python3 dev.py demo    # the chat example on http://127.0.0.1:8000 (in-process backend)
+    python3 dev.py test    # lint, types, docs build and the whole test suite
+    python3 dev.py bench   # benchmarks (see benchmarks/README.md)
+
+Each command creates .venv and installs the package with its extras when pyproject.toml changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".fastapi-rooms-installed"
+
+
+def run(*cmd: str | Path, **kwargs: object) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+
+
+def ensure_env() -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"fastapi-rooms needs Python 3.10+, this is {sys.version.split()[0]}")
+    if not PY.exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PY, "-m", "pip", "install", "--quiet", "-e", ".[dev,redis,granian]")
+    STAMP.write_text(digest)
+
+
+def demo() -> None:
+    run(PY, "-m", "uvicorn", "examples.chat.app:app", "--host", "127.0.0.1", "--port", "8000")
+
+
+def test(args: list[str]) -> None:
+    run(PY, "-m", "ruff", "check", ".")
+    run(PY, "-m", "mypy")
+    run(PY, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(VENV / "site"))
+    run(PY, "-m", "pytest", *args)
+
+
+def bench(args: list[str]) -> None:
+    run(PY, "benchmarks/fanout.py", *args)
+
+
+def main() -> None:
+    command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command not in ("demo", "test", "bench", "setup"):
+        sys.exit(__doc__)
+    ensure_env()
+    try:
+        if command == "demo":
+            demo()
+        elif command == "test":
+            test(args)
+        elif command == "bench":
+            bench(args)
+    except subprocess.CalledProcessError as exc:
+        sys.exit(exc.returncode)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
