@@ -245,3 +245,122 @@ class Outbound:
         self._mark_closed()
         _log.debug("send failed, connection dropped: %r", exc)
         self._on_dead(1006, f"send failed: {type(exc).__name__}")
+
+
+class RSGIOutbound(Outbound):
+    """Outbound over Granian's native RSGI transport.
+
+    Each send resolves on Granian's Rust side, so awaiting them one by one costs a round trip
+    per member. Here ``offer()`` starts the send and returns; the send's completion callback
+    starts the next queued frame. One frame in flight per connection keeps order, and every
+    member of a room has its frame in flight at once. No task is created.
+    """
+
+    __slots__ = ("_handle", "_inflight")
+
+    def __init__(
+        self,
+        handle: Any,
+        send: Send,
+        *,
+        limit: int,
+        policy: Overflow,
+        on_dead: Callable[[int, str], None],
+    ) -> None:
+        super().__init__(send, limit=limit, policy=policy, on_dead=on_dead)
+        self._handle = handle
+        self._inflight: asyncio.Future[None] | None = None
+
+    def offer(self, event: Event) -> bool:
+        if self.closed:
+            return False
+        if self.busy:
+            if len(self._queue) < self._limit:
+                self._queue.append(event)
+                return True
+            return self._overflow()
+        return self._start(event, None)
+
+    def _start(self, event: Event, waiter: asyncio.Future[None] | None) -> bool:
+        if event["type"] == "websocket.close":
+            self._handle.close(None)
+            self.busy = True
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return True
+        transport = self._handle.transport
+        try:
+            text = event.get("text")
+            future = (
+                transport.send_str(text)
+                if text is not None
+                else transport.send_bytes(event["bytes"])
+            )
+        except Exception as exc:
+            if waiter is not None:
+                self._fail_waiters((event, waiter))
+            self._fail(exc)
+            return False
+        self.busy = True
+        self._inflight = waiter
+        future.add_done_callback(self._done)
+        return True
+
+    def _done(self, future: Any) -> None:
+        waiter, self._inflight = self._inflight, None
+        try:
+            exc = future.exception()
+        except BaseException as cancelled:  # cancelled by Granian
+            exc = cancelled
+        if exc is not None:
+            if waiter is not None:
+                self._fail_waiters((None, waiter))
+            self._fail(exc)
+            return
+        self.sent += 1
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        queue = self._queue
+        while queue:
+            entry = queue.popleft()
+            started = (
+                self._start(entry[0], entry[1])
+                if type(entry) is tuple
+                else self._start(entry, None)  # type: ignore[arg-type]
+            )
+            if started:
+                return
+        if not self.closed:
+            self.busy = False
+
+    async def send(self, event: Event) -> None:
+        if self.closed:
+            raise ConnectionClosed()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.busy:
+            self._queue.append((event, waiter))
+        else:
+            self._start(event, waiter)
+        await waiter
+
+    async def close(self, event: Event, timeout: float | None) -> None:
+        if self.closed:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.busy:
+            self._queue.append((event, waiter))
+        else:
+            self._start(event, waiter)
+        self.closed = True
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except (asyncio.TimeoutError, ConnectionClosed):
+            self.cancel()
+            self._handle.close(None)
+
+    def abort(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self._mark_closed()
+        self._handle.close(None)  # RSGI cannot carry the code after accept
+        self._on_dead(code, reason)

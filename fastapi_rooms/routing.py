@@ -172,6 +172,11 @@ def _install_going_away(app: Any) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
+        if "fastapi_rooms.rsgi" in scope.get("extensions", {}):
+            # RSGI cannot send a close code: refuse the upgrade with 404 instead.
+            await send({"type": "websocket.http.response.start", "status": 404, "headers": []})
+            await send({"type": "websocket.http.response.body", "body": b""})
+            return
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.close", "code": 1001, "reason": "no route for this path"})
 

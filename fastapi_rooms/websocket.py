@@ -8,7 +8,7 @@ from typing import Any
 
 from ._frame import MessageTooBig, default_max_message_bytes, json_dumps, oversize
 from .message import ConnectionClosed, Message
-from .outbound import Outbound, Overflow
+from .outbound import Outbound, Overflow, RSGIOutbound
 
 __all__ = ["Scope", "WebSocket"]
 
@@ -80,7 +80,14 @@ class WebSocket:
             default_max_message_bytes() if max_message_bytes is None else max_message_bytes
         )
         self.close_timeout = close_timeout
-        self._outbound = Outbound(send, limit=max_buffer, policy=overflow, on_dead=self._dead)
+        handle = scope.get("extensions", {}).get("fastapi_rooms.rsgi")
+        #: "rsgi" when frames go straight to Granian's transport, else "asgi".
+        self.transport = "asgi" if handle is None else "rsgi"
+        self._outbound: Outbound = (
+            Outbound(send, limit=max_buffer, policy=overflow, on_dead=self._dead)
+            if handle is None
+            else RSGIOutbound(handle, send, limit=max_buffer, policy=overflow, on_dead=self._dead)
+        )
         self._accepted = accepted
         self._closed = False  # no more frames go out
         self._finished = False  # the close was reported to the handler: receive() raises now
