@@ -96,7 +96,7 @@ async def test_encode_once_and_types() -> None:
 
 async def test_slow_member_never_blocks_the_room_and_order_is_kept() -> None:
     m = RoomManager(max_buffer=5)
-    fast_ws, fast = connect(m, "fast")
+    _, fast = connect(m, "fast")
     slow_ws, slow = connect(m, "slow")
     m.join_room("fast", "r")
     m.join_room("slow", "r")

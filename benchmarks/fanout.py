@@ -1,0 +1,761 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark: deliveries per second to ONE room of N members, variants compared in one run.
+
+    .venv/bin/python benchmarks/fanout.py                 # N=1000, 200 messages, 3 rounds
+    .venv/bin/python benchmarks/fanout.py --quick         # smoke run (N=20, 20 messages, 1 round)
+    .venv/bin/python benchmarks/fanout.py --n 5000 --rounds 5 --variants plain,rooms
+
+Each variant is served by uvicorn (uvloop, httptools, websockets-sansio) in a subprocess pinned
+to one core; this process is the client, pinned to another core. Per round and variant a fresh
+server starts, N members connect and join the room, a warm-up burst runs, then the measured
+burst: one control message makes the server run B broadcasts back to back, and the client times
+from sending that message until the LAST member received the LAST message
+(deliveries/s = N*B / time). Then single broadcasts, spaced out, give the latency to the last
+receiver. Variants alternate within each round, so ratios compare like with like.
+
+Loopback only; every wait is bounded; servers are stopped by PID even on error or Ctrl-C.
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fanout_apps import JOINED, payload
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VARIANTS = ("plain", "rooms", "gather")
+DESCRIPTIONS = {
+    "plain": "Starlette/FastAPI, sequential `await ws.send_text(msg)` loop (FastAPI tutorial)",
+    "rooms": "fastapi_rooms `await manager.broadcast_to_room(room, msg)`",
+    "gather": "Starlette/FastAPI, `asyncio.gather` of `ws.send_text(msg)`",
+}
+JOINED_BYTES = JOINED.encode()
+
+
+# Client side: who received what -------------------------------------------------------------
+
+
+class Member:
+    """One room member on the client: how many payload frames it got, and whether in order."""
+
+    __slots__ = ("conn", "count", "joined", "open")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.count = 0
+        self.joined = False
+        self.open = True
+
+
+class Tracker:
+    """Counts frames for every member; completes a phase when every open member reached target."""
+
+    def __init__(self, n: int, expected: list[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.n = n
+        self.expected = expected
+        self.loop = loop
+        self.joined = 0
+        self.joined_future: asyncio.Future[None] = loop.create_future()
+        self.target = 0
+        self.remaining = 0
+        self.done: asyncio.Future[None] | None = None
+        self.t_done = 0.0
+        self.mismatches = 0
+        self.disconnects = 0
+
+    def arm(self, target: int, members: Sequence[Member]) -> asyncio.Future[None]:
+        """Start a phase: done once every open member has received ``target`` payload frames."""
+        self.target = target
+        self.remaining = sum(1 for m in members if m.open and m.count < target)
+        self.done = self.loop.create_future()
+        if self.remaining == 0:
+            self.t_done = time.perf_counter()
+            self.done.set_result(None)
+        return self.done
+
+    def on_text(self, member: Member, data: bytes) -> None:
+        if not member.joined:
+            if data == JOINED_BYTES:
+                member.joined = True
+                self.joined += 1
+                if self.joined == self.n and not self.joined_future.done():
+                    self.joined_future.set_result(None)
+            else:
+                self.mismatches += 1
+            return
+        i = member.count
+        if i >= len(self.expected) or data != self.expected[i]:
+            self.mismatches += 1  # lost, duplicated or reordered frame
+        i += 1
+        member.count = i
+        if i == self.target:
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.t_done = time.perf_counter()
+                if self.done is not None and not self.done.done():
+                    self.done.set_result(None)
+
+    def on_close(self, member: Member) -> None:
+        if not member.open:
+            return
+        member.open = False
+        self.disconnects += 1
+        if member.count < self.target and self.done is not None and not self.done.done():
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.t_done = time.perf_counter()
+                self.done.set_result(None)
+
+
+# Client side: two WebSocket client implementations -----------------------------------------
+
+OnText = Callable[[bytes], None]
+OnClose = Callable[[], None]
+
+
+class PicowsClient:
+    """picows (C framing, callbacks, no task per connection): the client of reference/performance.md."""
+
+    name = "picows"
+
+    def __init__(self) -> None:
+        import picows
+
+        self.picows = picows
+        text, close = picows.WSMsgType.TEXT, picows.WSMsgType.CLOSE
+
+        class Listener(picows.WSListener):  # type: ignore[misc]
+            def __init__(self, on_text: OnText, on_close: OnClose) -> None:
+                self.on_text = on_text
+                self.on_close = on_close
+
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                kind = frame.msg_type
+                if kind == text:
+                    self.on_text(frame.get_payload_as_bytes())
+                elif kind == close:
+                    transport.send_close(frame.get_close_code())
+                    transport.disconnect()
+
+            def on_ws_disconnected(self, transport: Any) -> None:
+                self.on_close()
+
+        self.listener = Listener
+
+    async def connect(self, url: str, on_text: OnText, on_close: OnClose) -> PicowsConn:
+        transport, _ = await self.picows.ws_connect(
+            lambda: self.listener(on_text, on_close), url, websocket_handshake_timeout=10
+        )
+        return PicowsConn(transport, self.picows.WSMsgType.TEXT)
+
+
+class PicowsConn:
+    def __init__(self, transport: Any, text: Any) -> None:
+        self.transport = transport
+        self.text = text
+
+    def send_text(self, text: str) -> None:
+        self.transport.send(self.text, text.encode())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.transport.send_close()
+        self.transport.disconnect()
+
+
+class SansioClient:
+    """websockets' sans-I/O ClientProtocol in an asyncio.Protocol: the fallback without picows."""
+
+    name = "websockets-sansio"
+
+    async def connect(self, url: str, on_text: OnText, on_close: OnClose) -> SansioConn:
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(url)
+        loop = asyncio.get_running_loop()
+        conn = SansioConn(url, on_text, on_close, loop)
+        await loop.create_connection(lambda: conn, uri.host, uri.port)
+        await asyncio.wait_for(conn.opened, 10)
+        return conn
+
+
+class SansioConn(asyncio.Protocol):
+    def __init__(
+        self, url: str, on_text: OnText, on_close: OnClose, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.frames import Frame, Opcode
+        from websockets.uri import parse_uri
+
+        self.proto = ClientProtocol(parse_uri(url), max_size=None)
+        self.frame_type, self.text_op = Frame, Opcode.TEXT
+        self.on_text = on_text
+        self.on_close = on_close
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.proto.send_request(self.proto.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.proto.receive_data(data)
+        for event in self.proto.events_received():
+            if isinstance(event, self.frame_type):
+                if event.opcode is self.text_op:
+                    self.on_text(event.data)
+            elif not self.opened.done():  # the handshake response
+                if self.proto.handshake_exc is not None:
+                    self.opened.set_exception(self.proto.handshake_exc)
+                else:
+                    self.opened.set_result(None)
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.proto.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            else:
+                self.transport.close()
+        if self.proto.close_expected():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection lost during handshake: {exc}"))
+        self.on_close()
+
+    def send_text(self, text: str) -> None:
+        self.proto.send_text(text.encode())
+        self._flush()
+
+    def close(self) -> None:
+        assert self.transport is not None
+        with contextlib.suppress(Exception):
+            self.proto.send_close(1000)
+            self._flush()
+        self.transport.close()
+
+
+def make_client(choice: str) -> PicowsClient | SansioClient:
+    if choice in ("auto", "picows"):
+        try:
+            return PicowsClient()
+        except ImportError:
+            if choice == "picows":
+                raise SystemExit("--client picows: picows is not installed (pip install picows)")
+    return SansioClient()
+
+
+class Control:
+    """The benchmark's control connection: commands out, one text reply per command."""
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[str] = asyncio.Queue()
+        self.conn: Any = None
+
+    def on_text(self, data: bytes) -> None:
+        self.replies.put_nowait(data.decode())
+
+    def on_close(self) -> None:
+        self.replies.put_nowait("closed")
+
+    async def ask(self, command: str, deadline: float) -> str:
+        self.conn.send_text(command)
+        return await asyncio.wait_for(self.replies.get(), deadline)
+
+
+# One variant, one round ---------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    n: int
+    messages: int
+    size: int
+    warmup: int
+    latency_samples: int
+    latency_interval: float
+    connect_concurrency: int = 100
+
+
+@dataclass
+class Result:
+    variant: str
+    round: int
+    deliveries_per_s: float = 0.0
+    burst_seconds: float = 0.0
+    server_loop_seconds: float = 0.0
+    server_handed: int = 0
+    delivered: int = 0
+    expected: int = 0
+    mismatches: int = 0
+    disconnects: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+    connect_seconds: float = 0.0
+    server_stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def phase_budget(deliveries: int) -> float:
+    """Generous bound for one phase: 20 s plus 1 s per 5000 deliveries (5 k/s is 15x too slow)."""
+    return 20.0 + deliveries / 5000.0
+
+
+async def run_client(port: int, cfg: Settings, client: Any, result: Result) -> None:
+    loop = asyncio.get_running_loop()
+    total = cfg.warmup + cfg.messages + cfg.latency_samples
+    expected = [payload(seq, cfg.size).encode() for seq in range(total)]
+    tracker = Tracker(cfg.n, expected, loop)
+    members = [Member() for _ in range(cfg.n)]
+    base = f"ws://127.0.0.1:{port}"
+    control = Control()
+    try:
+        t0 = time.perf_counter()
+        limit = asyncio.Semaphore(cfg.connect_concurrency)
+
+        async def join(i: int, member: Member) -> None:
+            async with limit:
+                member.conn = await client.connect(
+                    f"{base}/members/m{i}",
+                    lambda data, m=member: tracker.on_text(m, data),
+                    lambda m=member: tracker.on_close(m),
+                )
+
+        await asyncio.wait_for(
+            asyncio.gather(*(join(i, m) for i, m in enumerate(members))), 30 + cfg.n / 200
+        )
+        await asyncio.wait_for(asyncio.shield(tracker.joined_future), 30 + cfg.n / 200)
+        result.connect_seconds = time.perf_counter() - t0
+        control.conn = await client.connect(f"{base}/control", control.on_text, control.on_close)
+
+        async def burst(start: int, count: int) -> tuple[float, str]:
+            done = tracker.arm(start + count, members)
+            budget = phase_budget(cfg.n * count)
+            t_start = time.perf_counter()
+            reply = await control.ask(f"burst {start} {count} {cfg.size}", budget)
+            await asyncio.wait_for(asyncio.shield(done), budget)
+            return tracker.t_done - t_start, reply
+
+        seq = 0
+        if cfg.warmup:
+            await burst(seq, cfg.warmup)
+            seq += cfg.warmup
+
+        start_counts = [m.count for m in members]
+        elapsed, reply = await burst(seq, cfg.messages)
+        result.delivered = sum(m.count - c for m, c in zip(members, start_counts))
+        result.expected = cfg.n * cfg.messages
+        result.burst_seconds = elapsed
+        result.deliveries_per_s = result.delivered / elapsed if elapsed > 0 else 0.0
+        word, handed, seconds = reply.split()
+        if word != "done":
+            raise RuntimeError(f"unexpected control reply {reply!r}")
+        result.server_handed = int(handed)
+        result.server_loop_seconds = float(seconds)
+        seq += cfg.messages
+
+        for _ in range(cfg.latency_samples):
+            await asyncio.sleep(cfg.latency_interval)  # let the server go idle between samples
+            latency, _reply = await burst(seq, 1)
+            result.latency_ms.append(latency * 1000)
+            seq += 1
+
+        result.server_stats = json.loads(await control.ask("stats", 10))
+    finally:
+        result.mismatches = tracker.mismatches  # every phase: warm-up, burst and latency samples
+        result.disconnects = tracker.disconnects
+        if control.conn is not None:
+            control.conn.close()
+        for member in members:
+            if member.conn is not None and member.open:
+                member.conn.close()
+        await asyncio.sleep(0.2)  # let close frames leave before the server is stopped
+
+
+# Servers ------------------------------------------------------------------------------------
+
+
+def _child_setup(cpu: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        with contextlib.suppress(Exception):  # die with this process, even on SIGKILL (Linux)
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """uvicorn serving ``fanout_apps:<variant>_app`` on a loopback port, stopped by PID."""
+
+    live: set[Server] = set()  # noqa: RUF012 - registry for cleanup on error
+
+    def __init__(self, variant: str, cpu: int | None, log_dir: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_dir / f"{variant}-{self.port}.log"
+        cmd = [
+            sys.executable, "-m", "uvicorn", f"fanout_apps:{variant}_app",
+            "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(self.port),
+            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
+            "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "5",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                preexec_fn=_child_setup(cpu),  # noqa: PLW1509 - no threads here
+            )  # fmt: skip
+        Server.live.add(self)
+        try:
+            self._wait_listening(30.0)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_listening(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"server did not listen on port {self.port} within {seconds}s")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        """SIGTERM by PID, SIGKILL after 10 s."""
+        Server.live.discard(self)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def stop_all_servers() -> None:
+    for server in list(Server.live):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+# Statistics and output ----------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    by_round: dict[int, dict[str, Result]] = {}
+    for r in results:
+        by_round.setdefault(r.round, {})[r.variant] = r
+    for v in variants:
+        rs = [r for r in results if r.variant == v and r.error is None]
+        rates = [r.deliveries_per_s for r in rs]
+        lat = [x for r in rs for x in r.latency_ms]
+        entry: dict[str, Any] = {
+            "rounds_ok": len(rs),
+            "rounds_failed": sum(1 for r in results if r.variant == v and r.error is not None),
+            "all_delivered": bool(rs) and all(
+                r.delivered == r.expected and r.mismatches == 0 for r in rs
+            ),
+            "deliveries_per_s": {
+                "min": min(rates, default=0.0),
+                "median": statistics.median(rates) if rates else 0.0,
+                "max": max(rates, default=0.0),
+            },
+            "server_loop_ms_median": statistics.median(r.server_loop_seconds * 1000 for r in rs)
+            if rs
+            else None,
+            "latency_ms": {
+                "samples": len(lat),
+                "p50": percentile(lat, 0.5),
+                "p90": percentile(lat, 0.9),
+                "p99": percentile(lat, 0.99),
+                "max": max(lat, default=float("nan")),
+            },
+        }
+        if v != "plain" and "plain" in variants:
+            paired = [
+                rnd[v].deliveries_per_s / rnd["plain"].deliveries_per_s
+                for rnd in by_round.values()
+                if v in rnd and "plain" in rnd
+                and rnd[v].error is None and rnd["plain"].error is None
+                and rnd["plain"].deliveries_per_s > 0
+            ]  # fmt: skip
+            plain_rates = [r.deliveries_per_s for r in results if r.variant == "plain" and not r.error]
+            entry["vs_plain"] = {
+                "median_over_median": (
+                    statistics.median(rates) / statistics.median(plain_rates)
+                    if rates and plain_rates
+                    else None
+                ),
+                "per_round": paired,
+                "per_round_min": min(paired, default=None),
+                "per_round_max": max(paired, default=None),
+            }
+        summary[v] = entry
+    return summary
+
+
+def markdown(summary: dict[str, Any], results: list[Result], cfg: Settings) -> str:
+    k = 1000.0
+    lines = [
+        f"Fan-out to one room: N={cfg.n} members, {cfg.messages} messages of {cfg.size} bytes "
+        f"per burst, {max((r.round for r in results), default=0)} round(s)",
+        "",
+        "| variant | deliveries/s min | median | max | vs plain (median) | per-round ratio "
+        "| server loop ms | last-receiver latency p50 / p90 / max ms | all delivered |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v, s in summary.items():
+        d = s["deliveries_per_s"]
+        vs = s.get("vs_plain")
+        ratio = "1.00" if v == "plain" else (f"{vs['median_over_median']:.2f}" if vs else "-")
+        per_round = (
+            "-"
+            if not vs or not vs["per_round"]
+            else f"{vs['per_round_min']:.2f}-{vs['per_round_max']:.2f}"
+        )
+        lat = s["latency_ms"]
+        loop_ms = s["server_loop_ms_median"]
+        lines.append(
+            f"| {v} | {d['min'] / k:.1f} k | {d['median'] / k:.1f} k | {d['max'] / k:.1f} k "
+            f"| {ratio} | {per_round} | {loop_ms:.0f} | "
+            f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['max']:.1f} "
+            f"| {'yes' if s['all_delivered'] else 'NO'} |"
+            if loop_ms is not None
+            else f"| {v} | failed | | | | | | | NO |"
+        )
+    lines += ["", "Per round (deliveries/s):", ""]
+    lines.append("| round | " + " | ".join(summary) + " |")
+    lines.append("|---|" + "---|" * len(summary))
+    for rnd in sorted({r.round for r in results}):
+        row = []
+        for v in summary:
+            r = next((x for x in results if x.round == rnd and x.variant == v), None)
+            row.append("-" if r is None else "error" if r.error else f"{r.deliveries_per_s / k:.1f} k")
+        lines.append(f"| {rnd} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("uvicorn", "starlette", "fastapi", "websockets", "uvloop", "httptools", "picows"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+# Main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=None, help="room members (default 1000)")
+    p.add_argument("--messages", type=int, default=None, help="broadcasts per burst (default 200)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of all variants (default 3)")
+    p.add_argument("--size", type=int, default=32, help="message size in bytes (default 32)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up broadcasts (default 50)")
+    p.add_argument(
+        "--latency-samples", type=int, default=None, help="single broadcasts per round (default 40)"
+    )
+    p.add_argument("--latency-interval", type=float, default=None, help="seconds between them")
+    p.add_argument(
+        "--variants", default="plain,rooms,gather", help=f"comma list of {', '.join(VARIANTS)}"
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: N=20, 20 messages, 1 round")
+    p.add_argument("--client", choices=("auto", "picows", "websockets"), default="auto")
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--client-cpu", type=int, default=1)
+    p.add_argument("--no-pin", action="store_true", help="do not pin server and client to cores")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "n": 20 if quick else 1000,
+        "messages": 20 if quick else 200,
+        "rounds": 1 if quick else 3,
+        "warmup": 5 if quick else 50,
+        "latency_samples": 5 if quick else 40,
+        "latency_interval": 0.01 if quick else 0.02,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown or not args.variants:
+        p.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.n < 1 or args.messages < 1 or args.rounds < 1:
+        p.error("--n, --messages and --rounds must be at least 1")
+    if args.size < 11:
+        p.error("--size must be at least 11 bytes (the message carries its sequence number)")
+    return args
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = Settings(
+        n=args.n,
+        messages=args.messages,
+        size=args.size,
+        warmup=args.warmup,
+        latency_samples=args.latency_samples,
+        latency_interval=args.latency_interval,
+    )
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = not args.no_pin and len(cpus) >= 2 and {args.server_cpu, args.client_cpu} <= set(cpus)
+    if not args.no_pin and not pin:
+        print(f"note: not pinning (usable cpus {cpus})", file=sys.stderr)
+    if pin:
+        os.sched_setaffinity(0, {args.client_cpu})
+    with contextlib.suppress(Exception):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, max(soft, args.n + 256))
+        if want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    client = make_client(args.client)
+    out = args.out or HERE / "results" / (
+        f"fanout-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = out.parent / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    results: list[Result] = []
+    started = time.perf_counter()
+    print(
+        f"fanout: N={cfg.n} messages={cfg.messages} size={cfg.size} rounds={args.rounds} "
+        f"variants={','.join(args.variants)} client={client.name} "
+        f"pinned={'server cpu %d, client cpu %d' % (args.server_cpu, args.client_cpu) if pin else 'no'}",
+        file=sys.stderr,
+    )
+    try:
+        for rnd in range(1, args.rounds + 1):
+            for variant in args.variants:
+                result = Result(variant=variant, round=rnd)
+                server = Server(variant, args.server_cpu if pin else None, log_dir)
+                try:
+                    budget = (
+                        60 + 2 * phase_budget(cfg.n * (cfg.warmup + cfg.messages))
+                        + cfg.latency_samples * (cfg.latency_interval + phase_budget(cfg.n))
+                    )  # fmt: skip
+                    loop.run_until_complete(
+                        asyncio.wait_for(run_client(server.port, cfg, client, result), budget)
+                    )
+                except (Exception, asyncio.CancelledError) as exc:
+                    result.error = f"{type(exc).__name__}: {exc}"
+                    print(f"  round {rnd} {variant}: ERROR {result.error}", file=sys.stderr)
+                    print(server.log(), file=sys.stderr)
+                finally:
+                    server.stop()
+                results.append(result)
+                if result.error is None:
+                    lat = result.latency_ms
+                    print(
+                        f"  round {rnd} {variant:6s} {result.deliveries_per_s / 1000:7.1f} k/s  "
+                        f"burst {result.burst_seconds * 1000:7.1f} ms  "
+                        f"server loop {result.server_loop_seconds * 1000:7.1f} ms  "
+                        f"delivered {result.delivered}/{result.expected}  "
+                        f"latency p50 {percentile(lat, 0.5):.1f} ms  "
+                        f"connect {result.connect_seconds:.1f} s",
+                        file=sys.stderr,
+                    )
+    except KeyboardInterrupt:
+        print("interrupted: stopping servers", file=sys.stderr)
+        stop_all_servers()
+        return 130
+    finally:
+        stop_all_servers()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    summary = summarize(results, args.variants)
+    report = {
+        "benchmark": "fanout",
+        "time": datetime.now(timezone.utc).isoformat(),
+        "settings": {**vars(cfg), "rounds": args.rounds, "variants": args.variants},
+        "method": {
+            "server": "uvicorn --loop uvloop --http httptools --ws websockets-sansio, 1 process",
+            "client": f"{client.name} on {type(loop).__module__.split('.')[0]}",
+            "pinned": {"server_cpu": args.server_cpu, "client_cpu": args.client_cpu} if pin else None,
+            "descriptions": {v: DESCRIPTIONS[v] for v in args.variants},
+        },
+        "environment": {**versions(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "wall_seconds": time.perf_counter() - started,
+        "summary": summary,
+        "results": [vars(r) for r in results],
+    }
+    out.write_text(json.dumps(report, indent=2))
+    print(markdown(summary, results, cfg))
+    print(f"\nJSON: {out}", file=sys.stderr)
+    failed = [r for r in results if r.error or r.delivered != r.expected or r.mismatches]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

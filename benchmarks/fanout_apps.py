@@ -1,0 +1,159 @@
+"""Server apps for benchmarks/fanout.py: one room, three ways to broadcast to it.
+
+Every app has the same shape, so only the broadcast differs:
+
+- ``/members/{cid}``: a member connects, joins the one room, is told ``joined``, then only reads.
+- ``/control``: the benchmark's own connection (not a member). It sends ``burst <start> <count>
+  <size>``; the server runs ``count`` broadcasts back to back, server-side, and answers
+  ``done <handed> <seconds>`` (hand-offs counted by the app, time spent in the loop).
+
+Variants (``python -m uvicorn fanout_apps:<variant>_app``):
+
+- ``plain_app``: the FastAPI tutorial's ConnectionManager (and Gobstopper's pattern), one room:
+  ``for ws in members: await ws.send_text(msg)``.
+- ``gather_app``: the same, with ``await asyncio.gather(*(ws.send_text(msg) for ws in members))``.
+- ``rooms_app``: fastapi_rooms: ``create_rooms_router``, handlers ``add_connection`` +
+  ``join_room``, broadcasts ``await manager.broadcast_to_room(room, msg)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from fastapi_rooms import RoomManager, create_rooms_router
+
+ROOM = "bench"
+JOINED = "joined"
+
+
+def payload(seq: int, size: int) -> str:
+    """The ``seq``-th message of a run: ``size`` ASCII characters starting with the number."""
+    head = f"{seq:010d}|"
+    if size < len(head):
+        raise ValueError(f"message size must be at least {len(head)} bytes, got {size}")
+    return head + "x" * (size - len(head))
+
+
+Broadcast = Callable[[str], Awaitable[int]]
+
+
+def _add_control(app: FastAPI, broadcast: Broadcast, stats: Callable[[], dict[str, Any]]) -> None:
+    @app.websocket("/control")
+    async def control(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                command = (await websocket.receive_text()).split()
+                if command[0] == "burst":
+                    start, count, size = (int(x) for x in command[1:4])
+                    messages = [payload(start + i, size) for i in range(count)]
+                    handed = 0
+                    t0 = time.perf_counter()
+                    for message in messages:
+                        handed += await broadcast(message)
+                    elapsed = time.perf_counter() - t0
+                    await websocket.send_text(f"done {handed} {elapsed:.6f}")
+                elif command[0] == "stats":
+                    await websocket.send_text(json.dumps(stats()))
+                else:
+                    await websocket.send_text(f"error unknown command {command[0]!r}")
+        except WebSocketDisconnect:
+            pass
+
+
+# Plain: the FastAPI tutorial's ConnectionManager, with one room -----------------------------
+
+
+class ConnectionManager:
+    """FastAPI tutorial's manager (docs: "Handling disconnections and multiple clients")."""
+
+    def __init__(self, concurrent: bool = False) -> None:
+        self.active_connections: list[WebSocket] = []
+        self.concurrent = concurrent
+
+    async def connect(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        self.active_connections.append(websocket)
+
+    def disconnect(self, websocket: WebSocket) -> None:
+        if websocket in self.active_connections:
+            self.active_connections.remove(websocket)
+
+    async def broadcast(self, message: str) -> int:
+        if self.concurrent:
+            results = await asyncio.gather(
+                *(ws.send_text(message) for ws in self.active_connections),
+                return_exceptions=True,
+            )
+            return sum(1 for r in results if r is None)
+        sent = 0
+        for connection in self.active_connections:
+            await connection.send_text(message)
+            sent += 1
+        return sent
+
+
+def _plain(concurrent: bool) -> FastAPI:
+    app = FastAPI()
+    hub = ConnectionManager(concurrent)
+
+    @app.websocket("/members/{cid}")
+    async def member(websocket: WebSocket, cid: str) -> None:
+        await hub.connect(websocket)
+        await websocket.send_text(JOINED)
+        try:
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            hub.disconnect(websocket)
+
+    _add_control(app, hub.broadcast, lambda: {"members": len(hub.active_connections)})
+    return app
+
+
+# Rooms: fastapi_rooms --------------------------------------------------------------------------
+
+
+def _rooms() -> FastAPI:
+    manager = RoomManager()
+    router = create_rooms_router(manager)
+
+    @router.websocket("/members/{cid}")
+    async def member(websocket: Any, cid: str) -> None:
+        await websocket.accept()
+        manager.add_connection(cid, websocket)
+        manager.join_room(cid, ROOM)
+        try:
+            await websocket.send_text(JOINED)
+            async for _ in websocket:
+                pass
+        finally:
+            manager.remove_connection(cid)
+
+    async def broadcast(message: str) -> int:
+        return await manager.broadcast_to_room(ROOM, message)
+
+    app = FastAPI()
+    app.include_router(router)
+
+    def stats() -> dict[str, Any]:
+        s = manager.stats()
+        return {
+            "members": len(manager.get_room_connections(ROOM)),
+            **{k: s[k] for k in ("messages_delivered", "messages_dropped", "buffered")},
+            "slow_consumer_closes": s["slow_consumer_closes"],
+        }
+
+    _add_control(app, broadcast, stats)
+    return app
+
+
+plain_app = _plain(concurrent=False)
+gather_app = _plain(concurrent=True)
+rooms_app = _rooms()

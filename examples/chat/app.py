@@ -1,0 +1,53 @@
+"""A small chat on fastapi-rooms with the in-process backend.
+
+Run from the repository root: ``python3 dev.py demo`` (or ``uvicorn examples.chat.app:app``),
+then open http://127.0.0.1:8000 in two browser windows.
+
+The page (static/index.html and static/app.js, plain JavaScript) speaks the ready endpoint's
+JSON protocol on ``/api/ws``: join and leave rooms, publish to a room. The rooms router also
+serves the REST endpoints under ``/api`` (``GET /api/rooms``, ``POST /api/broadcast``, ...);
+``POST /api/announce`` below is an app endpoint that reaches every client through
+``Depends(get_manager)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from fastapi_rooms import RoomManager, create_rooms_router, get_manager
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+rooms = create_rooms_router(prefix="/api")  # ready endpoint /api/ws, REST under /api
+
+app = FastAPI(title="fastapi-rooms chat example")
+app.include_router(rooms)
+app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+class Announcement(BaseModel):
+    text: str = Field(min_length=1, max_length=2000, description="Shown to every client.")
+
+
+class AnnounceResult(BaseModel):
+    delivered: int = Field(description="Connections the announcement was handed to.")
+
+
+@app.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@app.post("/api/announce", tags=["chat"])
+async def announce(
+    body: Announcement, manager: Annotated[RoomManager, Depends(get_manager)]
+) -> AnnounceResult:
+    """Send an announcement to every connected client, in a room or not."""
+    delivered = await manager.broadcast_to_all({"type": "announcement", "text": body.text})
+    return AnnounceResult(delivered=delivered)

@@ -1,0 +1,130 @@
+"""The RSGI -> ASGI bridge under a real `granian --interface rsgi` (and uvicorn for reference)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import Server
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module", params=["granian-rsgi", "uvicorn"])
+def bridge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    from tests.conftest import start_server
+
+    app = "bridge_app:rsgi_app" if request.param == "granian-rsgi" else "bridge_app:app"
+    server = start_server(request.param, app, tmp_path_factory.mktemp("bridge"))
+    request.addfinalizer(server.stop)
+    return server
+
+
+async def test_streamed_upload(bridge: Server) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(payload), 64 * 1024):
+            yield payload[i : i + 64 * 1024]
+
+    async with httpx.AsyncClient(base_url=bridge.http, timeout=30) as client:
+        r = await client.post("/upload", content=chunks())
+    assert r.status_code == 200
+    body = r.json()
+    assert body["size"] == len(payload)
+    assert body["sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+async def test_streamed_response_arrives_chunk_by_chunk(bridge: Server) -> None:
+    async with httpx.AsyncClient(base_url=bridge.http, timeout=10) as client:
+        async with client.stream("GET", "/stream") as response:
+            lines = response.aiter_lines()
+            # The first chunk arrives while the server is still waiting to produce the last.
+            assert await asyncio.wait_for(lines.__anext__(), 5) == "first"
+            assert (await client.post("/release")).json() == {"released": True}
+            assert await asyncio.wait_for(lines.__anext__(), 5) == "last"
+
+
+async def test_sse_file_cookies_errors_openapi(bridge: Server) -> None:
+    async with httpx.AsyncClient(base_url=bridge.http, timeout=10) as client:
+        sse = await client.get("/sse")
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        assert sse.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        f = await client.get("/file")
+        assert f.status_code == 200 and f.content == bytes(range(256)) * 4096
+        c = await client.get("/cookies")
+        assert sorted(c.headers.get_list("set-cookie"))[0].startswith("a=1")
+        assert len(c.headers.get_list("set-cookie")) == 2
+        assert (await client.get("/missing")).status_code == 404
+        assert (await client.post("/items", json={"name": "x"})).status_code == 422
+        assert (await client.post("/items", json={"name": "x", "count": 2})).json() == {
+            "name": "x", "count": 2}
+        spec = (await client.get("/openapi.json")).json()
+        assert "/rooms-api/broadcast" in spec["paths"]
+        assert (await client.get("/docs")).status_code == 200
+        info = (await client.get("/client?x=1&y=%20")).json()
+        assert info["host"] == "127.0.0.1" and isinstance(info["port"], int) and info["port"] > 0
+        assert info["query"] == "x=1&y=%20"
+    async with httpx.AsyncClient(base_url=bridge.http, timeout=10) as client:
+        # Last: uvicorn closes the keep-alive connection after an unhandled exception.
+        assert (await client.get("/boom")).status_code == 500
+    assert "Traceback" not in bridge.log() or "boom" in bridge.log()
+
+
+async def test_fastapi_native_websocket_through_the_bridge(bridge: Server) -> None:
+    async with connect(bridge.ws + "/native") as ws:
+        await ws.send("hi")
+        assert await asyncio.wait_for(ws.recv(), 5) == "native: hi"
+
+
+async def test_unmatched_websocket_path(bridge: Server) -> None:
+    if bridge.kind == "granian-rsgi":
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(bridge.ws + "/no/such/path"):
+                pass
+        assert info.value.response.status_code == 404
+    else:
+        async with connect(bridge.ws + "/no/such/path") as ws:
+            await asyncio.wait_for(ws.wait_closed(), 5)
+            assert ws.close_code == 1001
+
+
+async def test_hostile_input_leaves_the_worker_serving(bridge: Server) -> None:
+    def raw(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", bridge.port), timeout=5) as s:
+            s.sendall(data)
+            try:
+                return s.recv(4096)
+            except OSError:
+                return b""
+
+    # Bad handshakes: missing key, wrong version, garbage request line, odd paths.
+    raw(b"GET /rooms-api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    raw(b"GET /rooms-api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 99\r\n\r\n")
+    raw(b"\x00\x01\x02 garbage \xff\r\n\r\n")
+    raw(b"GET /%00%ff/../.. HTTP/1.1\r\nHost: x\r\n\r\n")
+    # A valid handshake followed by a garbage frame, and an abrupt drop mid-frame.
+    for junk in (b"\xff\xff\xff\xff\xff\xff", b"\x81\xfe\xff"):
+        async with connect(bridge.ws + "/rooms-api/ws") as ws:
+            await asyncio.wait_for(ws.recv(), 5)  # welcome
+            ws.transport.write(junk)
+            if junk.startswith(b"\x81"):
+                ws.transport.abort()
+            else:
+                with pytest.raises(Exception):  # noqa: B017, PT011 - the server drops us
+                    await asyncio.wait_for(ws.recv(), 5)
+    # Still serving, HTTP and WebSocket.
+    async with httpx.AsyncClient(base_url=bridge.http, timeout=5) as client:
+        assert (await client.get("/rooms-api/stats")).status_code == 200
+    async with connect(bridge.ws + "/rooms-api/ws") as ws:
+        assert "welcome" in await asyncio.wait_for(ws.recv(), 5)
+    assert bridge.proc.poll() is None
+    assert "panicked" not in bridge.log()

@@ -1,0 +1,349 @@
+"""WebSocket semantics on a real server: what a client sees and what the handler saw.
+
+Each server kind in ``SERVERS`` serves ``tests/apps/core_app.py`` in a subprocess; the clients are
+``websockets`` asyncio clients on loopback. Handlers report their view through
+``GET /test/reports/{key}``, which waits (server side) until the handler finished its report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Server, start_server
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 10.0  # seconds to wait on any single event; generous so a loaded machine passes
+LIMIT = 1024  # MAX_WS_MESSAGE_BYTES of the ``limited`` server
+
+
+def app_target(kind: str) -> str:
+    return "core_app:rsgi_app" if kind == "granian-rsgi" else "core_app:app"
+
+
+@pytest.fixture(scope="module")
+def core(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(server_kind, app_target(server_kind), tmp_path_factory.mktemp("core"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def limited(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(
+        server_kind,
+        app_target(server_kind),
+        tmp_path_factory.mktemp("limited"),
+        {"MAX_WS_MESSAGE_BYTES": str(LIMIT)},
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# Helpers ----------------------------------------------------------------------------------------
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex
+
+
+def client(url: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("open_timeout", TIMEOUT)
+    kwargs.setdefault("close_timeout", TIMEOUT)
+    return connect(url, **kwargs)
+
+
+async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> str | bytes:
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+async def recv_json(ws: ClientConnection) -> Any:
+    data = await recv(ws)
+    assert isinstance(data, str), f"expected a text message, got {data!r}"
+    return json.loads(data)
+
+
+async def drain(
+    ws: ClientConnection, limit: int = 10_000, timeout: float = TIMEOUT
+) -> tuple[list[str | bytes], Close | None]:
+    """Messages until the connection closes, and the close frame the client received."""
+    messages: list[str | bytes] = []
+    for _ in range(limit):
+        try:
+            messages.append(await asyncio.wait_for(ws.recv(), timeout))
+        except ConnectionClosed as exc:
+            return messages, exc.rcvd
+    raise AssertionError(f"no close after {limit} messages")
+
+
+async def closed_with(ws: ClientConnection) -> Close:
+    """The close frame the server sends next (no message may come before it)."""
+    messages, rcvd = await drain(ws, limit=1)
+    assert messages == [], f"expected a close frame, got messages {messages!r}"
+    assert rcvd is not None, "the connection ended without a close frame from the server"
+    return rcvd
+
+
+async def fetch_report(server: Server, key: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT + 5) as http:
+        response = await http.get(f"/test/reports/{key}", params={"timeout": TIMEOUT})
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def assert_connection_closed_error(error: dict[str, Any] | None) -> None:
+    """What the handler reported for a use of a closed connection."""
+    assert error is not None, "expected ConnectionClosed, nothing was raised"
+    assert error["type"] == "ConnectionClosed"
+    assert error["connection_error"] is True
+    assert error["runtime_error"] is True
+
+
+# receive() --------------------------------------------------------------------------------------
+
+
+async def test_receive_returns_text_and_bytes_messages(core: Server) -> None:
+    async with client(f"{core.ws}/ws/describe") as ws:
+        await ws.send("héllo ✓")
+        assert await recv_json(ws) == {
+            "type": "text", "kind": 2, "data_type": "str", "data": "héllo ✓", "code": None,
+        }
+        await ws.send(b"\x00\x01\xfe\xff")
+        assert await recv_json(ws) == {
+            "type": "bytes", "kind": 1, "data_type": "bytes", "data": "0001feff", "code": None,
+        }
+        await ws.send(b"hello")  # valid UTF-8, still binary
+        assert (await recv_json(ws))["type"] == "bytes"
+        await ws.send("")
+        assert await recv_json(ws) == {
+            "type": "text", "kind": 2, "data_type": "str", "data": "", "code": None,
+        }
+        await ws.send(b"")
+        assert await recv_json(ws) == {
+            "type": "bytes", "kind": 1, "data_type": "bytes", "data": "", "code": None,
+        }
+
+
+async def test_200kb_text_arrives_as_one_message(core: Server) -> None:
+    key = new_key()
+    payload = "".join(f"{i:08d}" for i in range(25_000))  # 200 000 characters, order-revealing
+    async with client(f"{core.ws}/ws/echo?key={key}") as ws:
+        await ws.send(payload)
+        echoed = await recv(ws)
+        assert isinstance(echoed, str)
+        assert echoed == payload
+        # The same text sent as four fragments is still one message to the handler.
+        await ws.send([payload[i : i + 50_000] for i in range(0, 200_000, 50_000)])
+        assert await recv(ws) == payload
+    seen = await fetch_report(core, key)
+    assert seen["messages"] == [["text", 200_000], ["text", 200_000]]
+    assert seen["last"]["type"] == "close"
+    assert seen["last"]["code"] == 1000
+
+
+async def test_client_close_code_reaches_handler_then_use_raises(core: Server) -> None:
+    key = new_key()
+    async with client(f"{core.ws}/ws/echo?key={key}") as ws:
+        await ws.send("hi")
+        assert await recv(ws) == "hi"
+        await ws.close(4000, "client done")
+    seen = await fetch_report(core, key)
+    assert seen["last"] == {
+        "type": "close", "kind": 0, "data_type": "NoneType", "data": None, "code": 4000,
+        "reason": "client done",
+    }
+    assert_connection_closed_error(seen["after"]["receive"])
+    assert_connection_closed_error(seen["after"]["send_text"])
+
+
+async def test_abrupt_drop_is_close_1006_then_use_raises(core: Server) -> None:
+    key = new_key()
+    ws = await connect(f"{core.ws}/ws/echo?key={key}", open_timeout=TIMEOUT)
+    await ws.send("hi")
+    assert await recv(ws) == "hi"  # the handler is inside its receive loop
+    ws.transport.abort()  # TCP reset, no close frame
+    await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+    seen = await fetch_report(core, key)
+    assert seen["last"]["type"] == "close"
+    assert seen["last"]["kind"] == 0
+    assert seen["last"]["code"] == 1006
+    assert_connection_closed_error(seen["after"]["receive"])
+    assert_connection_closed_error(seen["after"]["send_text"])
+
+
+async def test_async_for_and_scope(core: Server) -> None:
+    key = new_key()
+    url = f"{core.ws}/ws/scope/alice?key={key}&x=1&y=%C3%A9"
+    async with client(url, additional_headers={"X-Test": "hello"}) as ws:
+        info = await recv_json(ws)
+        host, port = ws.local_address[:2]
+        assert info == {
+            "name": "alice",
+            "path": "/ws/scope/alice",
+            "query_string_type": "bytes",
+            "query_string": f"key={key}&x=1&y=%C3%A9",
+            "headers_are_byte_pairs": True,
+            "x_test": ["hello"],
+            "client": [host, str(port)],
+            "user": {"name": "alice"},
+            "anything": 42,
+        }
+        await ws.send("a")
+        assert await recv(ws) == "iter:text:'a'"
+        await ws.send(b"b")
+        assert await recv(ws) == "iter:bytes:b'b'"
+    assert await fetch_report(core, key) == {"count": 2, "ended": "loop"}
+
+
+# close() ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(1000, ""), (1008, "policy violated"), (4001, "custom reason"), (4999, "naïve ✓")],
+)
+async def test_close_after_accept_sends_code_and_reason(
+    core: Server, code: int, reason: str
+) -> None:
+    async with client(f"{core.ws}/ws/close/{code}", params=None) if False else client(
+        f"{core.ws}/ws/close/{code}?reason={httpx.URL('', params={'r': reason}).query.decode()[2:]}"
+    ) as ws:
+        rcvd = await closed_with(ws)
+    assert (rcvd.code, rcvd.reason) == (code, reason)
+
+
+@pytest.mark.parametrize("path", ["/ws/reject", "/ws/reject?code=1008", "/ws/no-accept"])
+async def test_no_accept_rejects_handshake_with_403(core: Server, path: str) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with client(f"{core.ws}{path}"):
+            pass
+    assert info.value.response.status_code == 403
+
+
+async def test_handler_raising_after_accept_closes_1011_and_logs(core: Server) -> None:
+    async with client(f"{core.ws}/ws/raise") as ws:
+        assert await recv(ws) == "about to raise"
+        rcvd = await closed_with(ws)
+    assert rcvd.code == 1011
+    # The library logs the handler's exception before it sends the close frame.
+    assert "handler failure on purpose (test)" in core.log()
+
+
+async def test_unmatched_path_closes_1001(core: Server) -> None:
+    async with client(f"{core.ws}/no/such/path") as ws:
+        rcvd = await closed_with(ws)
+    assert rcvd.code == 1001
+
+
+async def test_misuse_raises_runtime_error_with_clear_message(core: Server) -> None:
+    async with client(f"{core.ws}/ws/misuse") as ws:
+        errors = await recv_json(ws)
+    for name in ("send_before_accept", "receive_before_accept", "second_accept"):
+        error = errors[name]
+        assert error is not None, f"{name}: nothing was raised"
+        assert error["type"] == "RuntimeError", f"{name}: {error}"
+        assert error["connection_closed"] is False, f"{name}: {error}"
+    assert "before accept()" in errors["send_before_accept"]["message"]
+    assert "before accept()" in errors["receive_before_accept"]["message"]
+    assert "already accepted" in errors["second_accept"]["message"]
+
+
+# Message size limit -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "bytes"])
+async def test_inbound_over_limit_closes_1009_and_spares_others(
+    limited: Server, binary: bool
+) -> None:
+    def payload(n: int) -> str | bytes:
+        return b"b" * n if binary else "t" * n
+
+    key = new_key()
+    async with client(f"{limited.ws}/ws/echo") as bystander, client(
+        f"{limited.ws}/ws/echo?key={key}"
+    ) as offender:
+        await bystander.send("before")
+        assert await recv(bystander) == "before"
+        await offender.send(payload(LIMIT))  # exactly at the limit: fine
+        assert await recv(offender) == payload(LIMIT)
+        await offender.send(payload(2000))
+        rcvd = await closed_with(offender)
+        assert rcvd.code == 1009
+        await bystander.send("after")
+        assert await recv(bystander) == "after"
+        await bystander.send(payload(LIMIT))
+        assert await recv(bystander) == payload(LIMIT)
+    seen = await fetch_report(limited, key)
+    kind = "bytes" if binary else "text"
+    assert seen["messages"] == [[kind, LIMIT]]
+    assert seen["last"]["type"] == "close"
+    assert seen["last"]["code"] == 1009
+    assert_connection_closed_error(seen["after"]["receive"])
+
+
+async def test_outbound_over_limit_raises_message_too_big(limited: Server) -> None:
+    async with client(f"{limited.ws}/ws/oversend?size=2000") as ws:
+        errors = await recv_json(ws)
+        assert await recv(ws) == "still open"
+    for kind in ("text", "bytes"):
+        error = errors[kind]
+        assert error is not None, f"sending 2000 {kind} over a {LIMIT} limit raised nothing"
+        assert error["type"] == "MessageTooBig"
+        assert error["value_error"] is True
+        assert error["connection_closed"] is False
+        assert "2000" in error["message"]
+        assert str(LIMIT) in error["message"]
+    async with httpx.AsyncClient(base_url=limited.http, timeout=TIMEOUT) as http:
+        response = await http.post("/rooms/any/broadcast", json={"message": "x" * 2000})
+    assert response.status_code == 413
+    assert str(LIMIT) in response.text
+
+
+# Shutdown ---------------------------------------------------------------------------------------
+
+
+async def test_shutdown_sends_every_client_a_close_frame(server_kind: str, serve: Any) -> None:
+    server: Server = serve(server_kind, app_target(server_kind))
+    clients: list[ClientConnection] = []
+    for i in range(3):
+        cid = f"member-{i}-{new_key()}"
+        ws = await connect(f"{server.ws}/ws/member?id={cid}&rooms=lobby,r{i}", open_timeout=TIMEOUT)
+        assert await recv(ws) == f"ready:{cid}"
+        clients.append(ws)
+    echo = await connect(f"{server.ws}/ws/echo", open_timeout=TIMEOUT)
+    await echo.send("ping")
+    assert await recv(echo) == "ping"
+    clients.append(echo)
+    ticker = await connect(f"{server.ws}/ws/ticker", open_timeout=TIMEOUT)
+    assert await recv(ticker) == "tick:0"
+    clients.append(ticker)
+
+    started = time.monotonic()
+    stopping = asyncio.create_task(asyncio.to_thread(server.stop, 20.0))
+    results = await asyncio.gather(*(drain(ws, timeout=15) for ws in clients))
+    returncode = await stopping
+    elapsed = time.monotonic() - started
+
+    for ws, (_, rcvd) in zip(clients, results, strict=True):
+        assert rcvd is not None, f"{ws.request.path if ws.request else ws}: no close frame"
+        assert rcvd.code in (1012, 1001), rcvd
+    ticks = results[-1][0]
+    assert ticks == [f"tick:{i}" for i in range(1, len(ticks) + 1)]
+    assert returncode == 0, server.log()
+    assert elapsed < 15, f"shutdown took {elapsed:.1f}s"
+    assert "Traceback" not in server.log(), server.log()
