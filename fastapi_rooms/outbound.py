@@ -283,7 +283,7 @@ class RSGIOutbound(Outbound):
 
     def _start(self, event: Event, waiter: asyncio.Future[None] | None) -> bool:
         if event["type"] == "websocket.close":
-            self._handle.close(None)
+            self._handle.close(None, event.get("code", 1000))
             self.busy = True
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -362,5 +362,5 @@ class RSGIOutbound(Outbound):
         if self.closed:
             return
         self._mark_closed()
-        self._handle.close(None)  # RSGI cannot carry the code after accept
+        self._handle.close(None, code)  # RSGI cannot carry the code after accept
         self._on_dead(code, reason)

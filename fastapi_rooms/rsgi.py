@@ -165,7 +165,15 @@ async def _serve_http(app: ASGIApp, scope: Any, protocol: Any, state: dict[str, 
 class RSGIWebSocketHandle:
     """The native RSGI side of one WebSocket, shared by the bridge and fastapi_rooms' WebSocket."""
 
-    __slots__ = ("accepted", "closed", "connected", "protocol", "transport")
+    __slots__ = (
+        "_waiter",
+        "accepted",
+        "close_code",
+        "closed",
+        "connected",
+        "protocol",
+        "transport",
+    )
 
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
@@ -173,15 +181,32 @@ class RSGIWebSocketHandle:
         self.connected = False  # websocket.connect delivered
         self.accepted = False
         self.closed = False
+        self.close_code = 1000
+        self._waiter: asyncio.Future[Any] | None = None  # a receive() in progress
 
     async def receive(self) -> dict[str, Any]:
         if not self.connected:
             self.connected = True
             return {"type": "websocket.connect"}
-        if self.transport is None or self.closed:
+        if self.closed:
+            return {"type": "websocket.disconnect", "code": self.close_code, "reason": ""}
+        if self.transport is None:
             return {"type": "websocket.disconnect", "code": 1006}
+        # Wait through a future that close() can resolve: Granian's receive() does not return
+        # when the app closes the connection, and the handler must not hang on it.
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self.transport.receive().add_done_callback(
+            lambda done: None if waiter.done() else waiter.set_result(done)
+        )
         try:
-            message = await self.transport.receive()
+            done = await waiter
+        finally:
+            self._waiter = None
+        if done is None:  # closed by the app meanwhile
+            return {"type": "websocket.disconnect", "code": self.close_code, "reason": ""}
+        try:
+            message = done.result()
         except RuntimeError:  # Granian's ProtocolClosed / ProtocolError
             self.closed = True
             return {"type": "websocket.disconnect", "code": 1006}
@@ -218,7 +243,7 @@ class RSGIWebSocketHandle:
             else:
                 await self.transport.send_bytes(bytes(message.get("bytes") or b""))
         elif kind == "websocket.close":
-            self.close(None if self.accepted else 403)
+            self.close(None if self.accepted else 403, message.get("code", 1000))
         elif kind == "websocket.http.response.start":
             if self.accepted:
                 raise RuntimeError("websocket.http.response.start after accept")
@@ -228,12 +253,20 @@ class RSGIWebSocketHandle:
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for a WebSocket")
 
-    def close(self, status: int | None) -> None:
-        """Close once: before accept a valid HTTP status (never a WebSocket code), after it none."""
+    def close(self, status: int | None, code: int = 1000) -> None:
+        """Close once: before accept a valid HTTP status (never a WebSocket code), after it none.
+
+        ``code`` is what the app meant to send; RSGI cannot carry it, the app's own receive()
+        reports it.
+        """
         if self.closed:
             return
         self.closed = True
+        self.close_code = code
         self.protocol.close(status if not self.accepted else None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def release(self) -> None:
         """Drop the transport so Granian can complete the peer's close."""

@@ -6,25 +6,28 @@ import asyncio
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import Server
+from tests.conftest import Server, start_server
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module", params=["granian-rsgi", "uvicorn"])
-def bridge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Server:
-    from tests.conftest import start_server
-
+def bridge(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     app = "bridge_app:rsgi_app" if request.param == "granian-rsgi" else "bridge_app:app"
     server = start_server(request.param, app, tmp_path_factory.mktemp("bridge"))
-    request.addfinalizer(server.stop)
-    return server
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def test_streamed_upload(bridge: Server) -> None:
@@ -43,13 +46,15 @@ async def test_streamed_upload(bridge: Server) -> None:
 
 
 async def test_streamed_response_arrives_chunk_by_chunk(bridge: Server) -> None:
-    async with httpx.AsyncClient(base_url=bridge.http, timeout=10) as client:
-        async with client.stream("GET", "/stream") as response:
-            lines = response.aiter_lines()
-            # The first chunk arrives while the server is still waiting to produce the last.
-            assert await asyncio.wait_for(lines.__anext__(), 5) == "first"
-            assert (await client.post("/release")).json() == {"released": True}
-            assert await asyncio.wait_for(lines.__anext__(), 5) == "last"
+    async with (
+        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        client.stream("GET", "/stream") as response,
+    ):
+        lines = response.aiter_lines()
+        # The first chunk arrives while the server is still waiting to produce the last.
+        assert await asyncio.wait_for(lines.__anext__(), 5) == "first"
+        assert (await client.post("/release")).json() == {"released": True}
+        assert await asyncio.wait_for(lines.__anext__(), 5) == "last"
 
 
 async def test_sse_file_cookies_errors_openapi(bridge: Server) -> None:
@@ -119,7 +124,7 @@ async def test_hostile_input_leaves_the_worker_serving(bridge: Server) -> None:
             if junk.startswith(b"\x81"):
                 ws.transport.abort()
             else:
-                with pytest.raises(Exception):  # noqa: B017, PT011 - the server drops us
+                with pytest.raises(Exception):  # noqa: B017 - the server drops us
                     await asyncio.wait_for(ws.recv(), 5)
     # Still serving, HTTP and WebSocket.
     async with httpx.AsyncClient(base_url=bridge.http, timeout=5) as client:

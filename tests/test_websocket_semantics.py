@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import Server, start_server
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
+
+from tests.conftest import Server, start_server
 
 pytestmark = pytest.mark.anyio
 
@@ -220,9 +223,7 @@ async def test_async_for_and_scope(core: Server) -> None:
 async def test_close_after_accept_sends_code_and_reason(
     core: Server, code: int, reason: str
 ) -> None:
-    async with client(f"{core.ws}/ws/close/{code}", params=None) if False else client(
-        f"{core.ws}/ws/close/{code}?reason={httpx.URL('', params={'r': reason}).query.decode()[2:]}"
-    ) as ws:
+    async with client(f"{core.ws}/ws/close/{code}?reason={quote(reason)}") as ws:
         rcvd = await closed_with(ws)
     assert (rcvd.code, rcvd.reason) == (code, reason)
 
@@ -344,6 +345,11 @@ async def test_shutdown_sends_every_client_a_close_frame(server_kind: str, serve
         assert rcvd.code in (1012, 1001), rcvd
     ticks = results[-1][0]
     assert ticks == [f"tick:{i}" for i in range(1, len(ticks) + 1)]
-    assert returncode == 0, server.log()
+    # A graceful exit: uvicorn (since 0.29) re-raises the SIGTERM it handled once its shutdown
+    # completed, so its exit status is -SIGTERM; a hung shutdown would end in stop()'s SIGKILL.
+    assert returncode in (0, -signal.SIGTERM), server.log()
     assert elapsed < 15, f"shutdown took {elapsed:.1f}s"
-    assert "Traceback" not in server.log(), server.log()
+    log = server.log()
+    assert "Traceback" not in log, log
+    if server_kind == "uvicorn":
+        assert "Application shutdown complete" in log, log
