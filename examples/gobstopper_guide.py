@@ -137,7 +137,7 @@ def get_large_dataset() -> list[dict[str, int]]:
     return [{"id": i, "value": i * i} for i in range(100)]
 
 
-processed: deque[tuple[str, Any]] = deque(maxlen=100)
+processed: deque[tuple[str, Any]] = deque(maxlen=100)  # what /ws/receive handled, newest last
 
 
 async def process_chat_message(data: Any) -> None:
@@ -240,6 +240,12 @@ async def receive_handler(websocket: WebSocket) -> None:
             # Handle error
             app.logger.error(f"WebSocket error: {message.data}")
             break
+
+
+@app.get("/api/received")
+async def received() -> dict[str, list[Any]]:
+    """What the ``/ws/receive`` handler processed (at most the last 100 messages)."""
+    return {"processed": [list(item) for item in processed]}
 
 
 # WebSocket Patterns ---------------------------------------------------------------------------
