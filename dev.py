@@ -30,7 +30,7 @@ def run(*cmd: str | Path, **kwargs: object) -> None:
 
 
 def ensure_env() -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"fastapi-rooms needs Python 3.10+, this is {sys.version.split()[0]}")
     if not PY.exists():
         venv.EnvBuilder(with_pip=True).create(VENV)

@@ -40,6 +40,12 @@ class MessageBody(BaseModel):
     exclude: list[str] = Field(default_factory=list, description="Connection ids to skip.")
 
 
+class SendBody(BaseModel):
+    """A string reaches the client unchanged as one text frame; other JSON values JSON-encoded."""
+
+    message: JsonValue = Field(description="Text sent as is, or any JSON value sent JSON-encoded.")
+
+
 class BroadcastResult(BaseModel):
     status: Literal["broadcasted"] = "broadcasted"
     connections: int = Field(description="Connections the message was handed to.")
@@ -217,8 +223,8 @@ def _lifespan(manager: RoomManager) -> Callable[[Any], Any]:
 class RoomsRouter(APIRouter):
     """An APIRouter with a RoomManager, Gobstopper-style ``.websocket`` and broadcast endpoints.
 
-    ``dependencies=`` protects the REST endpoints (and any HTTP route added to this router);
-    WebSocket handlers take their own ``dependencies=``.
+    ``dependencies=`` protects the REST endpoints and any HTTP route added to this router;
+    WebSocket handlers (and the ready endpoint) take their own ``dependencies=``.
     """
 
     def __init__(
@@ -229,7 +235,6 @@ class RoomsRouter(APIRouter):
         rest: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.rest_dependencies: list[params.Depends] = list(kwargs.pop("dependencies", None) or [])
         user_lifespan = kwargs.pop("lifespan", None)
         super().__init__(**kwargs)
         self.manager = manager if manager is not None else RoomManager()
@@ -295,7 +300,7 @@ class RoomsRouter(APIRouter):
 
     def _add_rest_endpoints(self) -> None:
         manager = self.manager
-        deps = self.rest_dependencies
+        deps: list[params.Depends] = []  # the router's own dependencies apply to HTTP routes
         tags: list[Any] = list(self.tags) or ["rooms"]
 
         def too_big(exc: MessageTooBig) -> HTTPException:
@@ -333,7 +338,7 @@ class RoomsRouter(APIRouter):
             tags=tags,
             responses={404: {"description": "No such connection"}},
         )
-        async def send_to_connection(connection_id: str, body: MessageBody) -> SendResult:
+        async def send_to_connection(connection_id: str, body: SendBody) -> SendResult:
             """Send a message to one connection; 404 when it is not connected."""
             try:
                 sent = await manager.send_to(connection_id, body.message)

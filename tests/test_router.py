@@ -98,8 +98,24 @@ def test_router_dependencies_protect_rest_but_not_websockets() -> None:
         if x_api_key != "secret":
             raise HTTPException(401, "bad key")
 
-    app, _ = make_app(dependencies=[Depends(api_key)], prefix="/rt")
+    app = FastAPI()
+    rooms = create_rooms_router(dependencies=[Depends(api_key)], prefix="/rt")
+
+    @rooms.get("/extra")
+    async def extra() -> dict[str, int]:
+        return {"ok": 1}
+
+    @rooms.websocket("/ws/room/<room_id>")
+    async def room(websocket: WebSocket, room_id: str) -> None:
+        await websocket.accept()
+        await websocket.send_text(room_id)
+
+    app.include_router(rooms)
     with TestClient(app) as client:
+        assert client.get("/rt/extra").status_code == 401
+        assert client.get("/rt/extra", headers={"x-api-key": "secret"}).json() == {"ok": 1}
+        with client.websocket_connect("/rt/ws") as ready:
+            assert "welcome" in ready.receive_text()
         assert client.post("/rt/broadcast", json={"message": "x"}).status_code == 401
         assert client.get("/rt/stats").status_code == 401
         ok = client.post("/rt/broadcast", json={"message": "x"}, headers={"x-api-key": "secret"})

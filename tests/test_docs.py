@@ -1,0 +1,251 @@
+"""Every Python sample in docs/*.md and README.md compiles; every full app imports and starts.
+
+A block preceded by ``<!-- fragment -->`` is not runnable alone: it is only compiled. Every other
+```python block must be a whole app (it defines ``app``): it is imported as a module from a
+temporary file and started under TestClient. The quickstart's app is also exercised end to end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import fastapi_rooms
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+FRAGMENT = "<!-- fragment -->"
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
+DEFINES_APP = re.compile(r"^app\s*(?::[^=\n]+)?=", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Block:
+    path: Path
+    line: int
+    code: str
+    fragment: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def defines_app(self) -> bool:
+        return DEFINES_APP.search(self.code) is not None
+
+
+def sources() -> list[Path]:
+    return [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
+
+
+def blocks_in(path: Path) -> Iterator[Block]:
+    text = path.read_text(encoding="utf-8")
+    for match in FENCE.finditer(text):
+        before = text[: match.start()].rstrip()
+        yield Block(
+            path=path,
+            line=text.count("\n", 0, match.start()) + 1,
+            code=textwrap.dedent(match["body"]),
+            fragment=before.endswith(FRAGMENT),
+        )
+
+
+BLOCKS = [block for path in sources() for block in blocks_in(path)]
+APPS = [block for block in BLOCKS if not block.fragment]
+
+
+def load(block: Block, tmp_path: Path, name: str | None = None) -> ModuleType:
+    """Import the block as a module from a file, so tracebacks and annotations resolve."""
+    name = name or "docs_sample_" + re.sub(r"\W", "_", block.id)
+    file = tmp_path / f"{name}.py"
+    file.write_text(block.code, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(name, file)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+@pytest.fixture
+def loaded() -> Iterator[list[str]]:
+    """Names of the modules a test imported; removed from sys.modules afterwards."""
+    before = set(sys.modules)
+    names: list[str] = []
+    yield names
+    for name in set(sys.modules) - before:
+        if name.startswith("docs_sample_") or name in names:
+            del sys.modules[name]
+
+
+def only_app(filename: str) -> Block:
+    apps = [block for block in APPS if block.path.name == filename]
+    assert len(apps) == 1, f"{filename} should have exactly one full app, found {len(apps)}"
+    return apps[0]
+
+
+def quickstart_app() -> Block:
+    return only_app("quickstart.md")
+
+
+def test_samples_are_found() -> None:
+    assert {block.path.name for block in BLOCKS} >= {
+        "README.md",
+        "index.md",
+        "quickstart.md",
+        "gobstopper.md",
+        "reference.md",
+    }
+    assert any(block.path.name == "README.md" for block in APPS)
+    assert "Depends(get_manager)" in quickstart_app().code
+
+
+def test_every_fence_is_closed() -> None:
+    for path in sources():
+        fences = re.findall(r"^[ \t]*```", path.read_text(encoding="utf-8"), re.MULTILINE)
+        assert len(fences) % 2 == 0, f"{path.name}: unbalanced ``` fences"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda block: block.id)
+def test_sample_compiles(block: Block) -> None:
+    compile(block.code, block.id, "exec")
+
+
+@pytest.mark.parametrize("block", APPS, ids=lambda block: block.id)
+def test_app_sample_imports_and_starts(block: Block, tmp_path: Path, loaded: list[str]) -> None:
+    assert block.defines_app, (
+        f"{block.id}: a ```python block must define `app` (a full app) "
+        f"or be marked {FRAGMENT!r} on the line before it"
+    )
+    module = load(block, tmp_path)
+    app = module.app
+    assert isinstance(app, FastAPI), f"{block.id}: app is {type(app).__name__}, expected FastAPI"
+    with TestClient(app) as client:  # runs the lifespan: the rooms manager starts and stops
+        assert client.get("/openapi.json").status_code == 200
+
+
+def test_quickstart_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
+    app = load(quickstart_app(), tmp_path).app
+    with TestClient(app) as client:
+        with client.websocket_connect("/chat/lobby") as alice:
+            alice_id = alice.receive_json()["id"]
+            with client.websocket_connect("/chat/lobby") as bob:
+                bob_joined = bob.receive_json()
+                assert bob_joined["event"] == "joined"
+                assert alice.receive_json() == bob_joined
+                bob_id = bob_joined["id"]
+
+                alice.send_text("hello")
+                expected = {"event": "message", "id": alice_id, "text": "hello"}
+                assert alice.receive_json() == expected
+                assert bob.receive_json() == expected
+
+                # The app's REST endpoint with Depends(get_manager) reaches the room.
+                response = client.post("/notify/lobby", json={"text": "maintenance at noon"})
+                assert response.status_code == 200
+                assert response.json() == {"delivered": 2}
+                for ws in (alice, bob):
+                    assert ws.receive_json() == {"event": "notice", "text": "maintenance at noon"}
+
+                # The router's own REST endpoints see the room and broadcast into it.
+                room = client.get("/rooms/lobby").json()
+                assert sorted(room["connection_ids"]) == sorted([alice_id, bob_id])
+                response = client.post("/rooms/lobby/broadcast", json={"message": "plain text"})
+                assert response.json() == {"status": "sent", "room_connections": 2}
+                assert alice.receive_text() == "plain text"
+                assert bob.receive_text() == "plain text"
+            assert alice.receive_json() == {"event": "left", "id": bob_id}
+
+        # The ready endpoint, as the quickstart describes it.
+        with client.websocket_connect("/ws") as ws:
+            welcome = ws.receive_json()
+            assert welcome["type"] == "welcome"
+            ws.send_json({"type": "join", "room": "lobby"})
+            assert ws.receive_json() == {"type": "joined", "room": "lobby"}
+            ws.send_json({"type": "publish", "room": "lobby", "data": {"text": "hi"}})
+            assert ws.receive_json() == {
+                "type": "message",
+                "room": "lobby",
+                "from": welcome["connection_id"],
+                "data": {"text": "hi"},
+            }
+            ws.send_json({"type": "ping"})
+            assert ws.receive_json() == {"type": "pong"}
+        assert client.get("/rooms").json() == {"rooms": []}
+
+
+def test_quickstart_testing_sample_passes(tmp_path: Path, loaded: list[str]) -> None:
+    """The 'Testing it' fragment imports the quickstart app as ``main``; run it against it."""
+    load(quickstart_app(), tmp_path, name="main")
+    loaded.append("main")
+    fragments = [
+        block
+        for block in BLOCKS
+        if block.path.name == "quickstart.md" and "from main import app" in block.code
+    ]
+    assert len(fragments) == 1
+    module = load(fragments[0], tmp_path, name="docs_sample_quickstart_test")
+    tests = [value for name, value in vars(module).items() if name.startswith("test_")]
+    assert tests
+    for test in tests:
+        test()
+
+
+def test_readme_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
+    app = load(only_app("README.md"), tmp_path).app
+    with TestClient(app) as client, client.websocket_connect("/chat/lobby") as ws:
+        ws.send_text("hi")
+        message = ws.receive_json()
+        assert message["text"] == "hi"
+        response = client.post("/announce", params={"text": "hello all"})
+        assert response.json() == {"delivered": 1}
+        assert ws.receive_json() == {"announcement": "hello all"}
+
+
+def test_gobstopper_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
+    app = load(only_app("gobstopper.md"), tmp_path).app
+    with TestClient(app) as client:
+        with (
+            client.websocket_connect("/ws/rooms/42") as a,
+            client.websocket_connect("/ws/rooms/42") as b,
+            client.websocket_connect("/ws/rooms/7") as other,
+        ):
+            a.send_text('{"message": "hello"}')
+            assert json.loads(a.receive_text()) == {"type": "message", "message": "hello"}
+            assert json.loads(b.receive_text()) == {"type": "message", "message": "hello"}
+            other.send_text('{"message": "elsewhere"}')
+            assert json.loads(other.receive_text())["message"] == "elsewhere"
+        assert client.get("/stats").json()["connections"] == 0
+
+
+def test_reference_names_every_public_name() -> None:
+    reference = (DOCS / "reference.md").read_text(encoding="utf-8")
+    names = [*fastapi_rooms.__all__, "RSGIApp"]  # RSGIApp lives in fastapi_rooms.rsgi
+    missing = [name for name in names if f"`{name}" not in reference]
+    assert not missing, f"docs/reference.md does not mention {missing}"
+
+
+def test_mkdocs_nav_lists_every_page() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for page in DOCS.glob("*.md"):
+        assert f" {page.name}" in config, f"mkdocs.yml nav does not list {page.name}"
