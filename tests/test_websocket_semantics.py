@@ -124,21 +124,37 @@ async def test_receive_returns_text_and_bytes_messages(core: Server) -> None:
     async with client(f"{core.ws}/ws/describe") as ws:
         await ws.send("héllo ✓")
         assert await recv_json(ws) == {
-            "type": "text", "kind": 2, "data_type": "str", "data": "héllo ✓", "code": None,
+            "type": "text",
+            "kind": 2,
+            "data_type": "str",
+            "data": "héllo ✓",
+            "code": None,
         }
         await ws.send(b"\x00\x01\xfe\xff")
         assert await recv_json(ws) == {
-            "type": "bytes", "kind": 1, "data_type": "bytes", "data": "0001feff", "code": None,
+            "type": "bytes",
+            "kind": 1,
+            "data_type": "bytes",
+            "data": "0001feff",
+            "code": None,
         }
         await ws.send(b"hello")  # valid UTF-8, still binary
         assert (await recv_json(ws))["type"] == "bytes"
         await ws.send("")
         assert await recv_json(ws) == {
-            "type": "text", "kind": 2, "data_type": "str", "data": "", "code": None,
+            "type": "text",
+            "kind": 2,
+            "data_type": "str",
+            "data": "",
+            "code": None,
         }
         await ws.send(b"")
         assert await recv_json(ws) == {
-            "type": "bytes", "kind": 1, "data_type": "bytes", "data": "", "code": None,
+            "type": "bytes",
+            "kind": 1,
+            "data_type": "bytes",
+            "data": "",
+            "code": None,
         }
 
 
@@ -167,7 +183,11 @@ async def test_client_close_code_reaches_handler_then_use_raises(core: Server) -
         await ws.close(4000, "client done")
     seen = await fetch_report(core, key)
     assert seen["last"] == {
-        "type": "close", "kind": 0, "data_type": "NoneType", "data": None, "code": 4000,
+        "type": "close",
+        "kind": 0,
+        "data_type": "NoneType",
+        "data": None,
+        "code": 4000,
         "reason": "client done",
     }
     assert_connection_closed_error(seen["after"]["receive"])
@@ -228,6 +248,20 @@ async def test_close_after_accept_sends_code_and_reason(
     assert (rcvd.code, rcvd.reason) == (code, reason)
 
 
+@pytest.mark.parametrize(("count", "size"), [(10, 64), (200, 64 * 1024)])
+async def test_close_after_queued_sends_delivers_them_first(
+    core: Server, count: int, size: int
+) -> None:
+    # 200 x 64 KiB backs up the socket: the close waits behind the queued frames.
+    url = f"{core.ws}/ws/flood-close/4002?count={count}&size={size}&reason=flushed"
+    async with client(url, compression=None, max_size=2**20) as ws:
+        messages, rcvd = await drain(ws, limit=count + 1)
+    assert [m[:9] for m in messages] == [f"{seq:08d}|" for seq in range(count)]
+    assert all(len(m) == size for m in messages)
+    assert rcvd is not None
+    assert (rcvd.code, rcvd.reason) == (4002, "flushed")
+
+
 @pytest.mark.parametrize("path", ["/ws/reject", "/ws/reject?code=1008", "/ws/no-accept"])
 async def test_no_accept_rejects_handshake_with_403(core: Server, path: str) -> None:
     with pytest.raises(InvalidStatus) as info:
@@ -267,34 +301,42 @@ async def test_misuse_raises_runtime_error_with_clear_message(core: Server) -> N
 # Message size limit -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("binary", [False, True], ids=["text", "bytes"])
+@pytest.mark.parametrize(
+    ("kind", "fits", "too_big"),
+    [
+        ("text", "t" * LIMIT, "t" * 2000),
+        ("bytes", b"b" * LIMIT, b"b" * 2000),
+        # The limit is in bytes: 341 x 3 = 1023 bytes fit, 400 characters are 1200 bytes.
+        ("text", "€" * 341, "€" * 400),
+    ],
+    ids=["text", "bytes", "multibyte-text"],
+)
 async def test_inbound_over_limit_closes_1009_and_spares_others(
-    limited: Server, binary: bool
+    limited: Server, kind: str, fits: str | bytes, too_big: str | bytes
 ) -> None:
-    def payload(n: int) -> str | bytes:
-        return b"b" * n if binary else "t" * n
-
     key = new_key()
-    async with client(f"{limited.ws}/ws/echo") as bystander, client(
-        f"{limited.ws}/ws/echo?key={key}"
-    ) as offender:
+    async with (
+        client(f"{limited.ws}/ws/echo") as bystander,
+        client(f"{limited.ws}/ws/echo?key={key}") as offender,
+    ):
         await bystander.send("before")
         assert await recv(bystander) == "before"
-        await offender.send(payload(LIMIT))  # exactly at the limit: fine
-        assert await recv(offender) == payload(LIMIT)
-        await offender.send(payload(2000))
+        await offender.send(fits)  # within the limit: fine
+        assert await recv(offender) == fits
+        await offender.send(too_big)
         rcvd = await closed_with(offender)
         assert rcvd.code == 1009
         await bystander.send("after")
         assert await recv(bystander) == "after"
-        await bystander.send(payload(LIMIT))
-        assert await recv(bystander) == payload(LIMIT)
+        await bystander.send(fits)
+        assert await recv(bystander) == fits
     seen = await fetch_report(limited, key)
-    kind = "bytes" if binary else "text"
-    assert seen["messages"] == [[kind, LIMIT]]
+    assert seen["messages"] == [[kind, len(fits)]]
     assert seen["last"]["type"] == "close"
     assert seen["last"]["code"] == 1009
     assert_connection_closed_error(seen["after"]["receive"])
+    assert_connection_closed_error(seen["after"]["send_text"])
+    assert "Traceback" not in limited.log(), limited.log()
 
 
 async def test_outbound_over_limit_raises_message_too_big(limited: Server) -> None:

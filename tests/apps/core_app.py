@@ -290,6 +290,20 @@ async def ticker(websocket: WebSocket) -> None:
         return
 
 
+@rooms.websocket("/ws/flood-close/<int:code>")
+async def flood_close(websocket: WebSocket, code: int) -> None:
+    """Queue ``?count=`` messages of ``?size=`` characters without waiting, then close."""
+    params = query(websocket)
+    count, size = int(params.get("count", "100")), int(params.get("size", "64"))
+    await websocket.accept()
+    cid = f"flood-{id(websocket)}"
+    manager.add_connection(cid, websocket)
+    for seq in range(count):
+        head = f"{seq:08d}|"
+        await manager.send_to(cid, head + "x" * max(0, size - len(head)))
+    await websocket.close(code, params.get("reason", ""))
+
+
 # REST helpers ---------------------------------------------------------------------------------
 
 
