@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, peer_code, sent_code, sent_reason, start_server
 
 pytestmark = pytest.mark.anyio
 
@@ -172,7 +172,7 @@ async def test_200kb_text_arrives_as_one_message(core: Server) -> None:
     seen = await fetch_report(core, key)
     assert seen["messages"] == [["text", 200_000], ["text", 200_000]]
     assert seen["last"]["type"] == "close"
-    assert seen["last"]["code"] == 1000
+    assert seen["last"]["code"] == peer_code(core.kind, 1000)
 
 
 async def test_client_close_code_reaches_handler_then_use_raises(core: Server) -> None:
@@ -187,8 +187,8 @@ async def test_client_close_code_reaches_handler_then_use_raises(core: Server) -
         "kind": 0,
         "data_type": "NoneType",
         "data": None,
-        "code": 4000,
-        "reason": "client done",
+        "code": peer_code(core.kind, 4000),
+        "reason": sent_reason(core.kind, "client done"),
     }
     assert_connection_closed_error(seen["after"]["receive"])
     assert_connection_closed_error(seen["after"]["send_text"])
@@ -245,7 +245,7 @@ async def test_close_after_accept_sends_code_and_reason(
 ) -> None:
     async with client(f"{core.ws}/ws/close/{code}?reason={quote(reason)}") as ws:
         rcvd = await closed_with(ws)
-    assert (rcvd.code, rcvd.reason) == (code, reason)
+    assert (rcvd.code, rcvd.reason) == (sent_code(core.kind, code), sent_reason(core.kind, reason))
 
 
 @pytest.mark.parametrize(("count", "size"), [(10, 64), (200, 64 * 1024)])
@@ -259,7 +259,7 @@ async def test_close_after_queued_sends_delivers_them_first(
     assert [m[:9] for m in messages] == [f"{seq:08d}|" for seq in range(count)]
     assert all(len(m) == size for m in messages)
     assert rcvd is not None
-    assert (rcvd.code, rcvd.reason) == (4002, "flushed")
+    assert (rcvd.code, rcvd.reason) == (sent_code(core.kind, 4002), sent_reason(core.kind, "flushed"))
 
 
 @pytest.mark.parametrize("path", ["/ws/reject", "/ws/reject?code=1008", "/ws/no-accept"])
@@ -274,12 +274,18 @@ async def test_handler_raising_after_accept_closes_1011_and_logs(core: Server) -
     async with client(f"{core.ws}/ws/raise") as ws:
         assert await recv(ws) == "about to raise"
         rcvd = await closed_with(ws)
-    assert rcvd.code == 1011
+    assert rcvd.code == sent_code(core.kind, 1011)
     # The library logs the handler's exception before it sends the close frame.
     assert "handler failure on purpose (test)" in core.log()
 
 
 async def test_unmatched_path_closes_1001(core: Server) -> None:
+    if core.kind == "granian-rsgi":  # RSGI cannot send 1001: the upgrade is refused with 404
+        with pytest.raises(InvalidStatus) as info:
+            async with client(f"{core.ws}/no/such/path"):
+                pass
+        assert info.value.response.status_code == 404
+        return
     async with client(f"{core.ws}/no/such/path") as ws:
         rcvd = await closed_with(ws)
     assert rcvd.code == 1001
@@ -325,7 +331,7 @@ async def test_inbound_over_limit_closes_1009_and_spares_others(
         assert await recv(offender) == fits
         await offender.send(too_big)
         rcvd = await closed_with(offender)
-        assert rcvd.code == 1009
+        assert rcvd.code == sent_code(limited.kind, 1009)
         await bystander.send("after")
         assert await recv(bystander) == "after"
         await bystander.send(fits)
@@ -383,6 +389,11 @@ async def test_shutdown_sends_every_client_a_close_frame(server_kind: str, serve
     elapsed = time.monotonic() - started
 
     for ws, (_, rcvd) in zip(clients, results, strict=True):
+        if server_kind == "granian-rsgi":
+            # Granian drops open WebSockets before the app's shutdown runs (granian#796): the
+            # connection ends (drain returned) but without a close frame.
+            assert ws.state.name == "CLOSED"
+            continue
         assert rcvd is not None, f"{ws.request.path if ws.request else ws}: no close frame"
         assert rcvd.code in (1012, 1001), rcvd
     ticks = results[-1][0]
