@@ -5,13 +5,14 @@
     .venv/bin/python benchmarks/fanout.py --quick         # smoke run (N=20, 20 messages, 1 round)
     .venv/bin/python benchmarks/fanout.py --n 5000 --rounds 5 --variants plain,rooms
 
-Each variant is served by uvicorn (uvloop, httptools, websockets-sansio) in a subprocess pinned
-to one core; this process is the client, pinned to another core. Per round and variant a fresh
-server starts, N members connect and join the room, a warm-up burst runs, then the measured
-burst: one control message makes the server run B broadcasts back to back, and the client times
-from sending that message until the LAST member received the LAST message
-(deliveries/s = N*B / time). Then single broadcasts, spaced out, give the latency to the last
-receiver. Variants alternate within each round, so ratios compare like with like.
+Each variant is served by its own uvicorn (uvloop, httptools, websockets-sansio) subprocess
+pinned to one core; this process is the client, pinned to another core. All servers start
+first, N members connect to each and join the room, and a warm-up burst runs. Each round then
+measures every variant in turn (order alternating ABC, CBA, ...): one control message makes the
+server run B broadcasts back to back, and the client times from sending that message until the
+LAST member received the LAST message (deliveries/s = N*B / time); deliveries per server
+CPU-second use the server loop thread's CPU time instead of wall time. Then single broadcasts,
+spaced out, give the latency to the last receiver. Ratios to plain are paired within a round.
 
 Loopback only; every wait is bounded; servers are stopped by PID even on error or Ctrl-C.
 See benchmarks/README.md.
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import math
 import os
 import platform
 import signal
@@ -134,7 +136,7 @@ OnClose = Callable[[], None]
 
 
 class PicowsClient:
-    """picows (C framing, callbacks, no task per connection): the client of reference/performance.md."""
+    """picows: C framing, callbacks, no task per connection (the client of performance.md)."""
 
     name = "picows"
 
@@ -144,7 +146,7 @@ class PicowsClient:
         self.picows = picows
         text, close = picows.WSMsgType.TEXT, picows.WSMsgType.CLOSE
 
-        class Listener(picows.WSListener):  # type: ignore[misc]
+        class Listener(picows.WSListener):
             def __init__(self, on_text: OnText, on_close: OnClose) -> None:
                 self.on_text = on_text
                 self.on_close = on_close
@@ -224,7 +226,8 @@ class SansioConn(asyncio.Protocol):
         for event in self.proto.events_received():
             if isinstance(event, self.frame_type):
                 if event.opcode is self.text_op:
-                    self.on_text(event.data)
+                    body = event.data
+                    self.on_text(body if type(body) is bytes else bytes(body))
             elif not self.opened.done():  # the handshake response
                 if self.proto.handshake_exc is not None:
                     self.opened.set_exception(self.proto.handshake_exc)
@@ -265,7 +268,9 @@ def make_client(choice: str) -> PicowsClient | SansioClient:
             return PicowsClient()
         except ImportError:
             if choice == "picows":
-                raise SystemExit("--client picows: picows is not installed (pip install picows)")
+                raise SystemExit(
+                    "--client picows: picows is not installed (pip install picows)"
+                ) from None
     return SansioClient()
 
 
@@ -287,7 +292,7 @@ class Control:
         return await asyncio.wait_for(self.replies.get(), deadline)
 
 
-# One variant, one round ---------------------------------------------------------------------
+# One server, many rounds -----------------------------------------------------------------------
 
 
 @dataclass
@@ -296,6 +301,7 @@ class Settings:
     messages: int
     size: int
     warmup: int
+    rounds: int
     latency_samples: int
     latency_interval: float
     connect_concurrency: int = 100
@@ -308,14 +314,15 @@ class Result:
     deliveries_per_s: float = 0.0
     burst_seconds: float = 0.0
     server_loop_seconds: float = 0.0
+    server_cpu_seconds: float | None = None
+    deliveries_per_server_cpu_s: float | None = None
     server_handed: int = 0
     delivered: int = 0
     expected: int = 0
     mismatches: int = 0
     disconnects: int = 0
     latency_ms: list[float] = field(default_factory=list)
-    connect_seconds: float = 0.0
-    server_stats: dict[str, Any] = field(default_factory=dict)
+    loadavg_1m: float | None = None
     error: str | None = None
 
 
@@ -324,72 +331,102 @@ def phase_budget(deliveries: int) -> float:
     return 20.0 + deliveries / 5000.0
 
 
-async def run_client(port: int, cfg: Settings, client: Any, result: Result) -> None:
-    loop = asyncio.get_running_loop()
-    total = cfg.warmup + cfg.messages + cfg.latency_samples
-    expected = [payload(seq, cfg.size).encode() for seq in range(total)]
-    tracker = Tracker(cfg.n, expected, loop)
-    members = [Member() for _ in range(cfg.n)]
-    base = f"ws://127.0.0.1:{port}"
-    control = Control()
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time of the server's event-loop thread (Linux schedstat, ns), None elsewhere."""
     try:
-        t0 = time.perf_counter()
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Session:
+    """N members of the room plus the control connection, on one server, for the whole run."""
+
+    def __init__(self, variant: str, port: int, cfg: Settings, client: Any) -> None:
+        self.variant = variant
+        self.base = f"ws://127.0.0.1:{port}"
+        self.cfg = cfg
+        self.client = client
+        total = cfg.warmup + cfg.rounds * (cfg.messages + cfg.latency_samples)
+        self.expected = [payload(seq, cfg.size).encode() for seq in range(total)]
+        self.members = [Member() for _ in range(cfg.n)]
+        self.tracker: Tracker | None = None
+        self.control = Control()
+        self.seq = 0  # sequence number of the next message the server will send
+        self.connect_seconds = 0.0
+
+    async def open(self) -> None:
+        """Connect every member, wait until each was told it joined, connect control, warm up."""
+        cfg = self.cfg
+        tracker = self.tracker = Tracker(cfg.n, self.expected, asyncio.get_running_loop())
         limit = asyncio.Semaphore(cfg.connect_concurrency)
+        t0 = time.perf_counter()
 
         async def join(i: int, member: Member) -> None:
             async with limit:
-                member.conn = await client.connect(
-                    f"{base}/members/m{i}",
+                member.conn = await self.client.connect(
+                    f"{self.base}/members/m{i}",
                     lambda data, m=member: tracker.on_text(m, data),
                     lambda m=member: tracker.on_close(m),
                 )
 
-        await asyncio.wait_for(
-            asyncio.gather(*(join(i, m) for i, m in enumerate(members))), 30 + cfg.n / 200
+        await asyncio.gather(*(join(i, m) for i, m in enumerate(self.members)))
+        await asyncio.shield(tracker.joined_future)
+        self.connect_seconds = time.perf_counter() - t0
+        self.control.conn = await self.client.connect(
+            f"{self.base}/control", self.control.on_text, self.control.on_close
         )
-        await asyncio.wait_for(asyncio.shield(tracker.joined_future), 30 + cfg.n / 200)
-        result.connect_seconds = time.perf_counter() - t0
-        control.conn = await client.connect(f"{base}/control", control.on_text, control.on_close)
-
-        async def burst(start: int, count: int) -> tuple[float, str]:
-            done = tracker.arm(start + count, members)
-            budget = phase_budget(cfg.n * count)
-            t_start = time.perf_counter()
-            reply = await control.ask(f"burst {start} {count} {cfg.size}", budget)
-            await asyncio.wait_for(asyncio.shield(done), budget)
-            return tracker.t_done - t_start, reply
-
-        seq = 0
         if cfg.warmup:
-            await burst(seq, cfg.warmup)
-            seq += cfg.warmup
+            await self.burst(cfg.warmup)
 
-        start_counts = [m.count for m in members]
-        elapsed, reply = await burst(seq, cfg.messages)
-        result.delivered = sum(m.count - c for m, c in zip(members, start_counts))
+    async def burst(self, count: int) -> tuple[float, str]:
+        """Ask for ``count`` broadcasts; seconds until the last member got the last one, reply."""
+        assert self.tracker is not None
+        start = self.seq
+        self.seq += count
+        done = self.tracker.arm(start + count, self.members)
+        budget = phase_budget(self.cfg.n * count)
+        t_start = time.perf_counter()
+        reply = await self.control.ask(f"burst {start} {count} {self.cfg.size}", budget)
+        await asyncio.wait_for(asyncio.shield(done), budget)
+        return self.tracker.t_done - t_start, reply
+
+    async def measure(self, result: Result, pid: int) -> None:
+        """One round: the measured burst, then spaced single broadcasts for latency."""
+        assert self.tracker is not None
+        cfg = self.cfg
+        mismatches = self.tracker.mismatches
+        start_counts = [m.count for m in self.members]
+        cpu0 = cpu_seconds(pid)
+        elapsed, reply = await self.burst(cfg.messages)
+        cpu1 = cpu_seconds(pid)
+        result.delivered = sum(m.count - c for m, c in zip(self.members, start_counts, strict=True))
         result.expected = cfg.n * cfg.messages
         result.burst_seconds = elapsed
         result.deliveries_per_s = result.delivered / elapsed if elapsed > 0 else 0.0
+        if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
+            result.server_cpu_seconds = cpu1 - cpu0
+            result.deliveries_per_server_cpu_s = result.delivered / (cpu1 - cpu0)
         word, handed, seconds = reply.split()
         if word != "done":
             raise RuntimeError(f"unexpected control reply {reply!r}")
         result.server_handed = int(handed)
         result.server_loop_seconds = float(seconds)
-        seq += cfg.messages
-
         for _ in range(cfg.latency_samples):
             await asyncio.sleep(cfg.latency_interval)  # let the server go idle between samples
-            latency, _reply = await burst(seq, 1)
+            latency, _reply = await self.burst(1)
             result.latency_ms.append(latency * 1000)
-            seq += 1
+        result.mismatches = self.tracker.mismatches - mismatches
+        result.disconnects = self.tracker.disconnects
 
-        result.server_stats = json.loads(await control.ask("stats", 10))
-    finally:
-        result.mismatches = tracker.mismatches  # every phase: warm-up, burst and latency samples
-        result.disconnects = tracker.disconnects
-        if control.conn is not None:
-            control.conn.close()
-        for member in members:
+    async def stats(self) -> dict[str, Any]:
+        return dict(json.loads(await self.control.ask("stats", 10)))
+
+    async def close(self) -> None:
+        if self.control.conn is not None:
+            self.control.conn.close()
+        for member in self.members:
             if member.conn is not None and member.open:
                 member.conn.close()
         await asyncio.sleep(0.2)  # let close frames leave before the server is stopped
@@ -432,7 +469,7 @@ class Server:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                preexec_fn=_child_setup(cpu),  # noqa: PLW1509 - no threads here
+                preexec_fn=_child_setup(cpu),  # this process runs no threads
             )  # fmt: skip
         Server.live.add(self)
         try:
@@ -486,29 +523,44 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.1f}"
+
+
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"min": None, "median": None, "max": None}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def paired(
+    pairs: list[dict[str, Result]], variant: str, rate: Callable[[Result], float]
+) -> list[float]:
+    """``variant``'s rate over plain's, round by round."""
+    return [
+        rate(p[variant]) / rate(p["plain"]) for p in pairs if rate(p[variant]) and rate(p["plain"])
+    ]
+
+
 def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
+    """Per variant: spread of rates over rounds, and ratios to plain paired within each round."""
+    ok = [r for r in results if r.error is None]
     by_round: dict[int, dict[str, Result]] = {}
-    for r in results:
+    for r in ok:
         by_round.setdefault(r.round, {})[r.variant] = r
+    summary: dict[str, Any] = {}
     for v in variants:
-        rs = [r for r in results if r.variant == v and r.error is None]
-        rates = [r.deliveries_per_s for r in rs]
+        rs = [r for r in ok if r.variant == v]
         lat = [x for r in rs for x in r.latency_ms]
+        cpu_rates = [r.deliveries_per_server_cpu_s for r in rs if r.deliveries_per_server_cpu_s]
         entry: dict[str, Any] = {
             "rounds_ok": len(rs),
             "rounds_failed": sum(1 for r in results if r.variant == v and r.error is not None),
-            "all_delivered": bool(rs) and all(
-                r.delivered == r.expected and r.mismatches == 0 for r in rs
-            ),
-            "deliveries_per_s": {
-                "min": min(rates, default=0.0),
-                "median": statistics.median(rates) if rates else 0.0,
-                "max": max(rates, default=0.0),
-            },
-            "server_loop_ms_median": statistics.median(r.server_loop_seconds * 1000 for r in rs)
-            if rs
-            else None,
+            "all_delivered": bool(rs)
+            and all(r.delivered == r.expected and r.mismatches == 0 for r in rs),
+            "deliveries_per_s": spread([r.deliveries_per_s for r in rs]),
+            "deliveries_per_server_cpu_s": spread(cpu_rates),
+            "server_loop_ms": spread([r.server_loop_seconds * 1000 for r in rs]),
             "latency_ms": {
                 "samples": len(lat),
                 "p50": percentile(lat, 0.5),
@@ -517,66 +569,64 @@ def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
                 "max": max(lat, default=float("nan")),
             },
         }
-        if v != "plain" and "plain" in variants:
-            paired = [
-                rnd[v].deliveries_per_s / rnd["plain"].deliveries_per_s
-                for rnd in by_round.values()
-                if v in rnd and "plain" in rnd
-                and rnd[v].error is None and rnd["plain"].error is None
-                and rnd["plain"].deliveries_per_s > 0
-            ]  # fmt: skip
-            plain_rates = [r.deliveries_per_s for r in results if r.variant == "plain" and not r.error]
+        if "plain" in variants:
+            pairs = [rnd for rnd in by_round.values() if v in rnd and "plain" in rnd]
             entry["vs_plain"] = {
-                "median_over_median": (
-                    statistics.median(rates) / statistics.median(plain_rates)
-                    if rates and plain_rates
-                    else None
+                "wall": spread(paired(pairs, v, lambda r: r.deliveries_per_s)),
+                "server_cpu": spread(
+                    paired(pairs, v, lambda r: r.deliveries_per_server_cpu_s or 0.0)
                 ),
-                "per_round": paired,
-                "per_round_min": min(paired, default=None),
-                "per_round_max": max(paired, default=None),
             }
         summary[v] = entry
     return summary
 
 
 def markdown(summary: dict[str, Any], results: list[Result], cfg: Settings) -> str:
-    k = 1000.0
+    def k(x: float | None) -> str:
+        return "-" if x is None else f"{x / 1000:.1f} k"
+
+    def ratio(s: dict[str, float | None]) -> str:
+        if s["median"] is None:
+            return "-"
+        return f"**{s['median']:.2f}** ({s['min']:.2f}-{s['max']:.2f})"
+
+    rounds = max((r.round for r in results), default=0)
     lines = [
-        f"Fan-out to one room: N={cfg.n} members, {cfg.messages} messages of {cfg.size} bytes "
-        f"per burst, {max((r.round for r in results), default=0)} round(s)",
+        f"Fan-out to one room: N={cfg.n} members, bursts of {cfg.messages} messages of "
+        f"{cfg.size} bytes, {rounds} round(s); ratios are paired within each round "
+        "(median, min-max over rounds).",
         "",
-        "| variant | deliveries/s min | median | max | vs plain (median) | per-round ratio "
-        "| server loop ms | last-receiver latency p50 / p90 / max ms | all delivered |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | deliveries/s min / median / max | vs plain | deliveries per server CPU-s "
+        "(median) | vs plain (CPU) | last-receiver latency p50 / p90 / max ms | all delivered |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v, s in summary.items():
-        d = s["deliveries_per_s"]
+        if not s["rounds_ok"]:
+            lines.append(f"| {v} | failed | | | | | NO |")
+            continue
+        d, c, lat = s["deliveries_per_s"], s["deliveries_per_server_cpu_s"], s["latency_ms"]
         vs = s.get("vs_plain")
-        ratio = "1.00" if v == "plain" else (f"{vs['median_over_median']:.2f}" if vs else "-")
-        per_round = (
-            "-"
-            if not vs or not vs["per_round"]
-            else f"{vs['per_round_min']:.2f}-{vs['per_round_max']:.2f}"
-        )
-        lat = s["latency_ms"]
-        loop_ms = s["server_loop_ms_median"]
         lines.append(
-            f"| {v} | {d['min'] / k:.1f} k | {d['median'] / k:.1f} k | {d['max'] / k:.1f} k "
-            f"| {ratio} | {per_round} | {loop_ms:.0f} | "
-            f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['max']:.1f} "
+            f"| {v} | {k(d['min'])} / {k(d['median'])} / {k(d['max'])} "
+            f"| {ratio(vs['wall']) if vs else '-'} | {k(c['median'])} "
+            f"| {ratio(vs['server_cpu']) if vs else '-'} "
+            f"| {ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['max'])} "
             f"| {'yes' if s['all_delivered'] else 'NO'} |"
-            if loop_ms is not None
-            else f"| {v} | failed | | | | | | | NO |"
         )
-    lines += ["", "Per round (deliveries/s):", ""]
+    lines += ["", "Per round, deliveries/s (load average at the start of each measurement):", ""]
     lines.append("| round | " + " | ".join(summary) + " |")
     lines.append("|---|" + "---|" * len(summary))
-    for rnd in sorted({r.round for r in results}):
+    for rnd in range(1, rounds + 1):
         row = []
         for v in summary:
             r = next((x for x in results if x.round == rnd and x.variant == v), None)
-            row.append("-" if r is None else "error" if r.error else f"{r.deliveries_per_s / k:.1f} k")
+            row.append(
+                "-"
+                if r is None
+                else "error"
+                if r.error
+                else f"{k(r.deliveries_per_s)} (load {r.loadavg_1m})"
+            )
         lines.append(f"| {rnd} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -642,6 +692,16 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what an interrupt left running and let it clean up (bounded)."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(asyncio.wait(pending, timeout=5))
+
+
 def new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -658,6 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         messages=args.messages,
         size=args.size,
         warmup=args.warmup,
+        rounds=args.rounds,
         latency_samples=args.latency_samples,
         latency_interval=args.latency_interval,
     )
@@ -671,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = min(hard, max(soft, args.n + 256))
+        want = min(hard, max(soft, len(args.variants) * (args.n + 1) + 256))
         if want > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     client = make_client(args.client)
@@ -685,69 +746,113 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     loop = new_loop()
     asyncio.set_event_loop(loop)
+
+    def run(coro: Any, budget: float) -> Any:
+        return loop.run_until_complete(asyncio.wait_for(coro, budget))
+
     results: list[Result] = []
+    sessions: dict[str, tuple[Server, Session]] = {}
+    failed_open: dict[str, str] = {}
+    server_stats: dict[str, Any] = {}
     started = time.perf_counter()
+    load_start = loadavg()
+    pinned = f"server cpu {args.server_cpu}, client cpu {args.client_cpu}" if pin else "no"
     print(
-        f"fanout: N={cfg.n} messages={cfg.messages} size={cfg.size} rounds={args.rounds} "
-        f"variants={','.join(args.variants)} client={client.name} "
-        f"pinned={'server cpu %d, client cpu %d' % (args.server_cpu, args.client_cpu) if pin else 'no'}",
+        f"fanout: N={cfg.n} messages={cfg.messages} size={cfg.size} rounds={cfg.rounds} "
+        f"variants={','.join(args.variants)} client={client.name} pinned={pinned} "
+        f"load={load_start}",
         file=sys.stderr,
     )
+    if load_start is not None and load_start > 1.5:
+        print(
+            f"warning: load average {load_start:.1f}: other processes compete for the cores; "
+            "absolute numbers will be low and noisy (ratios within a round hold up better)",
+            file=sys.stderr,
+        )
+    interrupted = False
     try:
-        for rnd in range(1, args.rounds + 1):
-            for variant in args.variants:
-                result = Result(variant=variant, round=rnd)
-                server = Server(variant, args.server_cpu if pin else None, log_dir)
+        for variant in args.variants:
+            server = Server(variant, args.server_cpu if pin else None, log_dir)
+            session = Session(variant, server.port, cfg, client)
+            sessions[variant] = (server, session)
+            try:
+                run(session.open(), 60 + cfg.n / 50 + phase_budget(cfg.n * cfg.warmup))
+            except (Exception, asyncio.CancelledError) as exc:
+                failed_open[variant] = f"{type(exc).__name__}: {exc}"
+                print(f"  {variant}: setup failed: {failed_open[variant]}", file=sys.stderr)
+                print(server.log(), file=sys.stderr)
+                drop(run, sessions, variant)
+                continue
+            print(
+                f"  {variant:6s} {cfg.n} members in {session.connect_seconds:.1f} s",
+                file=sys.stderr,
+            )
+
+        budget = (
+            30
+            + phase_budget(cfg.n * cfg.messages)
+            + cfg.latency_samples * (cfg.latency_interval + phase_budget(cfg.n))
+        )
+        for rnd in range(1, cfg.rounds + 1):
+            # Alternate the order (ABC, CBA, ...) so a drift in machine speed does not favour one.
+            order = args.variants if rnd % 2 else args.variants[::-1]
+            for variant in order:
+                result = Result(variant=variant, round=rnd, loadavg_1m=loadavg())
+                results.append(result)
+                if variant not in sessions:
+                    result.error = failed_open.get(variant, "session lost in an earlier round")
+                    continue
+                server, session = sessions[variant]
                 try:
-                    budget = (
-                        60 + 2 * phase_budget(cfg.n * (cfg.warmup + cfg.messages))
-                        + cfg.latency_samples * (cfg.latency_interval + phase_budget(cfg.n))
-                    )  # fmt: skip
-                    loop.run_until_complete(
-                        asyncio.wait_for(run_client(server.port, cfg, client, result), budget)
-                    )
+                    run(session.measure(result, server.proc.pid), budget)
                 except (Exception, asyncio.CancelledError) as exc:
                     result.error = f"{type(exc).__name__}: {exc}"
                     print(f"  round {rnd} {variant}: ERROR {result.error}", file=sys.stderr)
                     print(server.log(), file=sys.stderr)
-                finally:
-                    server.stop()
-                results.append(result)
-                if result.error is None:
-                    lat = result.latency_ms
-                    print(
-                        f"  round {rnd} {variant:6s} {result.deliveries_per_s / 1000:7.1f} k/s  "
-                        f"burst {result.burst_seconds * 1000:7.1f} ms  "
-                        f"server loop {result.server_loop_seconds * 1000:7.1f} ms  "
-                        f"delivered {result.delivered}/{result.expected}  "
-                        f"latency p50 {percentile(lat, 0.5):.1f} ms  "
-                        f"connect {result.connect_seconds:.1f} s",
-                        file=sys.stderr,
-                    )
+                    drop(run, sessions, variant)
+                    continue
+                print_result(result)
+        for variant, (_server, session) in sessions.items():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                server_stats[variant] = run(session.stats(), 15)
     except KeyboardInterrupt:
-        print("interrupted: stopping servers", file=sys.stderr)
-        stop_all_servers()
-        return 130
+        interrupted = True
+        cancel_pending(loop)
     finally:
+        for variant in list(sessions):
+            drop(run, sessions, variant)
         stop_all_servers()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(BaseException):
             loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    if interrupted:
+        print("interrupted: servers stopped", file=sys.stderr)
+        return 130
 
     summary = summarize(results, args.variants)
     report = {
         "benchmark": "fanout",
         "time": datetime.now(timezone.utc).isoformat(),
-        "settings": {**vars(cfg), "rounds": args.rounds, "variants": args.variants},
+        "settings": {**vars(cfg), "variants": args.variants},
         "method": {
-            "server": "uvicorn --loop uvloop --http httptools --ws websockets-sansio, 1 process",
+            "server": "uvicorn --loop uvloop --http httptools --ws websockets-sansio, 1 process, "
+            "one server per variant for the whole run, variants alternate within each round",
             "client": f"{client.name} on {type(loop).__module__.split('.')[0]}",
-            "pinned": {"server_cpu": args.server_cpu, "client_cpu": args.client_cpu} if pin else None,
+            "pinned": (
+                {"server_cpu": args.server_cpu, "client_cpu": args.client_cpu} if pin else None
+            ),
             "descriptions": {v: DESCRIPTIONS[v] for v in args.variants},
         },
-        "environment": {**versions(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "environment": {
+            **versions(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg_1m_start": load_start,
+            "loadavg_1m_end": loadavg(),
+        },
         "wall_seconds": time.perf_counter() - started,
         "summary": summary,
+        "server_stats": server_stats,
         "results": [vars(r) for r in results],
     }
     out.write_text(json.dumps(report, indent=2))
@@ -755,6 +860,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nJSON: {out}", file=sys.stderr)
     failed = [r for r in results if r.error or r.delivered != r.expected or r.mismatches]
     return 1 if failed else 0
+
+
+def drop(run: Callable[[Any, float], Any], sessions: dict[str, Any], variant: str) -> None:
+    """Close a variant's client connections, then stop its server (by PID)."""
+    server, session = sessions.pop(variant)
+    try:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            run(session.close(), 10)
+    finally:
+        server.stop()
+
+
+def loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def print_result(r: Result) -> None:
+    cpu = r.deliveries_per_server_cpu_s
+    print(
+        f"  round {r.round} {r.variant:6s} {r.deliveries_per_s / 1000:6.1f} k/s  "
+        + (f"{cpu / 1000:6.1f} k/cpu-s  " if cpu else "cpu n/a  ")
+        + f"burst {r.burst_seconds * 1000:5.0f} ms  "
+        + f"server loop {r.server_loop_seconds * 1000:5.0f} ms  "
+        + f"delivered {r.delivered}/{r.expected}  "
+        + f"latency p50 {ms(percentile(r.latency_ms, 0.5))} ms  load {r.loadavg_1m}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":
