@@ -4,15 +4,19 @@
     .venv/bin/python benchmarks/fanout.py                 # N=1000, 200 messages, 3 rounds
     .venv/bin/python benchmarks/fanout.py --quick         # smoke run (N=20, 20 messages, 1 round)
     .venv/bin/python benchmarks/fanout.py --n 5000 --rounds 5 --variants plain,rooms
+    .venv/bin/python benchmarks/fanout.py \
+        --variants plain,rooms,rooms-granian-rsgi,rooms-granian-asgi   # uvicorn vs Granian
 
-Each variant is served by its own uvicorn (uvloop, httptools, websockets-sansio) subprocess
-pinned to one core; this process is the client, pinned to another core. All servers start
+Each variant is served by its own server subprocess (uvicorn with uvloop, httptools and
+websockets-sansio; or Granian, one worker, RSGI or ASGI) pinned to one core, the whole process
+with every thread; this process is the client, pinned to another core. All servers start
 first, N members connect to each and join the room, and a warm-up burst runs. Each round then
 measures every variant in turn (order alternating ABC, CBA, ...): one control message makes the
 server run B broadcasts back to back, and the client times from sending that message until the
 LAST member received the LAST message (deliveries/s = N*B / time); deliveries per server
-CPU-second use the server loop thread's CPU time instead of wall time. Then single broadcasts,
-spaced out, give the latency to the last receiver. Ratios to plain are paired within a round.
+CPU-second use the serving process's CPU time (all its threads) instead of wall time. Then
+single broadcasts, spaced out, give the latency to the last receiver. Ratios to plain and to
+rooms (on uvicorn) are paired within a round.
 
 Loopback only; every wait is bounded; servers are stopped by PID even on error or Ctrl-C.
 See benchmarks/README.md.
@@ -45,12 +49,30 @@ from fanout_apps import JOINED, payload
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-VARIANTS = ("plain", "rooms", "gather")
+# variant -> (server kind, app in fanout_apps.py)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "plain": ("uvicorn", "plain_app"),
+    "rooms": ("uvicorn", "rooms_app"),
+    "gather": ("uvicorn", "gather_app"),
+    "rooms-granian-rsgi": ("granian-rsgi", "rooms_rsgi_app"),
+    "rooms-granian-asgi": ("granian-asgi", "rooms_app"),
+}
+DEFAULT_VARIANTS = "plain,rooms,gather"
 DESCRIPTIONS = {
     "plain": "Starlette/FastAPI, sequential `await ws.send_text(msg)` loop (FastAPI tutorial)",
     "rooms": "fastapi_rooms `await manager.broadcast_to_room(room, msg)`",
     "gather": "Starlette/FastAPI, `asyncio.gather` of `ws.send_text(msg)`",
+    "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app)` under `granian --interface rsgi`: "
+    "native `transport.send_str` per member (RSGIOutbound)",
+    "rooms-granian-asgi": "fastapi_rooms, the same app under `granian --interface asgi`",
 }
+SERVER_COMMANDS = {
+    "uvicorn": "uvicorn --loop uvloop --http httptools --ws websockets-sansio",
+    "granian-rsgi": "granian --interface rsgi --workers 1 --loop uvloop (default runtime threads)",
+    "granian-asgi": "granian --interface asgi --workers 1 --loop uvloop (default runtime threads)",
+}
+#: The paired ratio the issue asks for: RSGI over rooms-on-uvicorn at N=1000.
+TARGET = ("rooms-granian-rsgi", "rooms", 1.2)
 JOINED_BYTES = JOINED.encode()
 
 
@@ -84,6 +106,9 @@ class Tracker:
         self.t_done = 0.0
         self.mismatches = 0
         self.disconnects = 0
+        # Per message: how many members have it, and when the last one got it.
+        self.reached = [0] * len(expected)
+        self.t_reached = [0.0] * len(expected)
 
     def arm(self, target: int, members: Sequence[Member]) -> asyncio.Future[None]:
         """Start a phase: done once every open member has received ``target`` payload frames."""
@@ -108,6 +133,11 @@ class Tracker:
         i = member.count
         if i >= len(self.expected) or data != self.expected[i]:
             self.mismatches += 1  # lost, duplicated or reordered frame
+        else:
+            reached = self.reached[i] + 1
+            self.reached[i] = reached
+            if reached == self.n:
+                self.t_reached[i] = time.perf_counter()
         i += 1
         member.count = i
         if i == self.target:
@@ -314,7 +344,8 @@ class Result:
     deliveries_per_s: float = 0.0
     burst_seconds: float = 0.0
     server_loop_seconds: float = 0.0
-    server_cpu_seconds: float | None = None
+    server_cpu_seconds: float | None = None  # the serving process, all threads
+    server_loop_thread_cpu_seconds: float | None = None  # its main (event-loop) thread
     deliveries_per_server_cpu_s: float | None = None
     server_handed: int = 0
     delivered: int = 0
@@ -322,6 +353,8 @@ class Result:
     mismatches: int = 0
     disconnects: int = 0
     latency_ms: list[float] = field(default_factory=list)
+    # Each burst message: ms from the burst command until the last member had it.
+    burst_message_ms: list[float] = field(default_factory=list)
     loadavg_1m: float | None = None
     error: str | None = None
 
@@ -332,12 +365,53 @@ def phase_budget(deliveries: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """CPU time of the server's event-loop thread (Linux schedstat, ns), None elsewhere."""
+    """CPU time of a process's main thread (Linux schedstat, ns), None elsewhere.
+
+    The main thread runs the event loop under uvicorn and in a Granian worker.
+    """
     try:
         with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
             return int(f.read().split()[0]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CPUSample = tuple[dict[int, int], float]  # ns per live thread, whole process in seconds
+
+
+def process_cpu(pid: int) -> CPUSample | None:
+    """A whole process's CPU time: per live thread (schedstat, ns) and in total (stat, ticks).
+
+    Granian sends from Rust threads, so the loop thread alone would flatter it.
+    """
+    threads: dict[int, int] = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(OSError, ValueError, IndexError),
+                open(f"/proc/{pid}/task/{tid}/schedstat") as f,
+            ):
+                threads[int(tid)] = int(f.read().split()[0])
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return threads, (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_between(before: CPUSample | None, after: CPUSample | None) -> float | None:
+    """Seconds of CPU the process used between two ``process_cpu`` samples.
+
+    Nanosecond schedstat of the threads alive at both samples; when a thread ended meanwhile,
+    the coarser process total (clock ticks, which keeps ended threads' time).
+    """
+    if before is None or after is None:
+        return None
+    (t0, ticks0), (t1, ticks1) = before, after
+    if not t0.keys() <= t1.keys():
+        return ticks1 - ticks0
+    return sum(ns - t0.get(tid, 0) for tid, ns in t1.items()) / 1e9
 
 
 class Session:
@@ -354,6 +428,7 @@ class Session:
         self.tracker: Tracker | None = None
         self.control = Control()
         self.seq = 0  # sequence number of the next message the server will send
+        self.t_burst = 0.0  # when the last burst was asked for
         self.connect_seconds = 0.0
 
     async def open(self) -> None:
@@ -387,27 +462,35 @@ class Session:
         self.seq += count
         done = self.tracker.arm(start + count, self.members)
         budget = phase_budget(self.cfg.n * count)
-        t_start = time.perf_counter()
+        t_start = self.t_burst = time.perf_counter()
         reply = await self.control.ask(f"burst {start} {count} {self.cfg.size}", budget)
         await asyncio.wait_for(asyncio.shield(done), budget)
         return self.tracker.t_done - t_start, reply
 
     async def measure(self, result: Result, pid: int) -> None:
+        """``pid``: the process that serves the connections (a Granian worker, not its parent)."""
         """One round: the measured burst, then spaced single broadcasts for latency."""
         assert self.tracker is not None
         cfg = self.cfg
         mismatches = self.tracker.mismatches
         start_counts = [m.count for m in self.members]
-        cpu0 = cpu_seconds(pid)
+        cpu0, loop0 = process_cpu(pid), cpu_seconds(pid)
+        first = self.seq
         elapsed, reply = await self.burst(cfg.messages)
-        cpu1 = cpu_seconds(pid)
+        cpu1, loop1 = process_cpu(pid), cpu_seconds(pid)
+        t_reached = self.tracker.t_reached[first : first + cfg.messages]
+        if all(t_reached):  # every member got every message
+            result.burst_message_ms = [(t - self.t_burst) * 1000 for t in t_reached]
         result.delivered = sum(m.count - c for m, c in zip(self.members, start_counts, strict=True))
         result.expected = cfg.n * cfg.messages
         result.burst_seconds = elapsed
         result.deliveries_per_s = result.delivered / elapsed if elapsed > 0 else 0.0
-        if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
-            result.server_cpu_seconds = cpu1 - cpu0
-            result.deliveries_per_server_cpu_s = result.delivered / (cpu1 - cpu0)
+        used = cpu_between(cpu0, cpu1)
+        if used:
+            result.server_cpu_seconds = used
+            result.deliveries_per_server_cpu_s = result.delivered / used
+        if loop0 is not None and loop1 is not None:
+            result.server_loop_thread_cpu_seconds = loop1 - loop0
         word, handed, seconds = reply.split()
         if word != "done":
             raise RuntimeError(f"unexpected control reply {reply!r}")
@@ -451,32 +534,115 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Server:
-    """uvicorn serving ``fanout_apps:<variant>_app`` on a loopback port, stopped by PID."""
-
-    live: set[Server] = set()  # noqa: RUF012 - registry for cleanup on error
-
-    def __init__(self, variant: str, cpu: int | None, log_dir: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_dir / f"{variant}-{self.port}.log"
-        cmd = [
-            sys.executable, "-m", "uvicorn", f"fanout_apps:{variant}_app",
-            "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(self.port),
+def server_command(kind: str, app: str, port: int, n: int) -> list[str]:
+    """The command line serving ``fanout_apps:<app>`` as ``kind`` on 127.0.0.1:``port``."""
+    if kind == "uvicorn":
+        return [
+            sys.executable, "-m", "uvicorn", f"fanout_apps:{app}",
+            "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
             "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
             "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "5",
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
+    if kind in ("granian-rsgi", "granian-asgi"):
+        # One worker, default runtime threads and mode. Granian admits at most --backpressure
+        # connections at once (default 1024, the backlog): raise it only when N needs more.
+        return [
+            sys.executable, "-m", "granian", "--interface", kind.split("-")[1],
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop",
+            "--backpressure", str(max(1024, n + 16)), "--log-level", "warning",
+            "--no-access-log", "--workers-kill-timeout", "5", f"fanout_apps:{app}",
+        ]  # fmt: skip
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot): with the PID, it names one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def child_pids(pid: int) -> list[tuple[int, int]]:
+    """Direct children of ``pid`` as (pid, start time) (Linux /proc), oldest first."""
+    found: list[tuple[int, int]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append((int(fields[19]), int(entry)))
+    return [(child, started) for started, child in sorted(found)]
+
+
+class Server:
+    """One server process serving a variant's app on a loopback port, stopped by PID.
+
+    The whole process is pinned to the server core before it starts, so every thread it or its
+    children start (Granian's worker process and its Rust runtime threads) inherit the affinity,
+    the same as ``taskset -c <cpu> granian ...``.
+    """
+
+    live: set[Server] = set()  # noqa: RUF012 - registry for cleanup on error
+
+    def __init__(self, variant: str, cpu: int | None, log_dir: Path, n: int = 1000) -> None:
+        self.variant = variant
+        self.kind, app = VARIANTS[variant]
+        self.port = free_port()
+        self.log_path = log_dir / f"{variant}-{self.port}.log"
+        cmd = server_command(self.kind, app, self.port, n)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+            "PYTHONUNBUFFERED": "1",
+        }
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                 preexec_fn=_child_setup(cpu),  # this process runs no threads
             )  # fmt: skip
         Server.live.add(self)
+        self.workers: list[tuple[int, int]] = []  # Granian's worker processes (pid, start time)
         try:
             self._wait_listening(30.0)
+            if self.kind.startswith("granian"):
+                self.workers = self._wait_workers(10.0)
         except BaseException:
             self.stop()
             raise
+        #: The process that serves the connections (and whose CPU time is measured).
+        self.pid = self.workers[0][0] if self.workers else self.proc.pid
+
+    def _wait_workers(self, seconds: float) -> list[tuple[int, int]]:
+        """Granian serves from a worker process, a child of the one we started."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            children = child_pids(self.proc.pid)
+            if children:
+                return children
+            time.sleep(0.05)
+        raise RuntimeError(f"no Granian worker process under PID {self.proc.pid}")
+
+    def affinity(self) -> list[int] | None:
+        """The cores the serving process may run on (every thread checked), None if unknown."""
+        cores: set[int] = set()
+        try:
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                cores |= os.sched_getaffinity(int(tid))
+        except OSError:
+            return None
+        return sorted(cores)
+
+    def threads(self) -> int:
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/task"))
+        except OSError:
+            return 0
 
     def _wait_listening(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -494,7 +660,7 @@ class Server:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        """SIGTERM by PID, SIGKILL after 10 s."""
+        """SIGTERM by PID, SIGKILL after 10 s; then any Granian worker left behind, by PID."""
         Server.live.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -503,6 +669,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for pid, started in self.workers:
+            if start_time(pid) == started:  # still the worker we saw, not a reused PID
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def stop_all_servers() -> None:
@@ -534,12 +704,41 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def paired(
-    pairs: list[dict[str, Result]], variant: str, rate: Callable[[Result], float]
+    pairs: list[dict[str, Result]],
+    variant: str,
+    rate: Callable[[Result], float],
+    base: str = "plain",
 ) -> list[float]:
-    """``variant``'s rate over plain's, round by round."""
-    return [
-        rate(p[variant]) / rate(p["plain"]) for p in pairs if rate(p[variant]) and rate(p["plain"])
-    ]
+    """``variant``'s rate over ``base``'s, round by round."""
+    return [rate(p[variant]) / rate(p[base]) for p in pairs if rate(p[variant]) and rate(p[base])]
+
+
+def wall(r: Result) -> float:
+    return r.deliveries_per_s
+
+
+def per_cpu(r: Result) -> float:
+    return r.deliveries_per_server_cpu_s or 0.0
+
+
+def burst_messages(rs: list[Result]) -> dict[str, float | None]:
+    """When the burst's messages had reached every member: the median message, over rounds.
+
+    ``p50_ms``: half the burst's messages had reached every member by then (median over
+    rounds); ``p50_fraction``: the same as a fraction of the burst's time, 0.5 for a
+    broadcaster that finishes messages in order at a steady rate, near 1.0 when most messages
+    wait for the end of the burst.
+    """
+    rounds = [r for r in rs if r.burst_message_ms and r.burst_seconds]
+    if not rounds:
+        return {"p50_ms": None, "p50_fraction": None}
+    medians = [percentile(r.burst_message_ms, 0.5) for r in rounds]
+    return {
+        "p50_ms": statistics.median(medians),
+        "p50_fraction": statistics.median(
+            m / (r.burst_seconds * 1000) for m, r in zip(medians, rounds, strict=True)
+        ),
+    }
 
 
 def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
@@ -561,6 +760,7 @@ def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
             "deliveries_per_s": spread([r.deliveries_per_s for r in rs]),
             "deliveries_per_server_cpu_s": spread(cpu_rates),
             "server_loop_ms": spread([r.server_loop_seconds * 1000 for r in rs]),
+            "burst_messages": burst_messages(rs),
             "latency_ms": {
                 "samples": len(lat),
                 "p50": percentile(lat, 0.5),
@@ -569,19 +769,39 @@ def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
                 "max": max(lat, default=float("nan")),
             },
         }
-        if "plain" in variants:
-            pairs = [rnd for rnd in by_round.values() if v in rnd and "plain" in rnd]
-            entry["vs_plain"] = {
-                "wall": spread(paired(pairs, v, lambda r: r.deliveries_per_s)),
-                "server_cpu": spread(
-                    paired(pairs, v, lambda r: r.deliveries_per_server_cpu_s or 0.0)
-                ),
-            }
+        entry["server"] = VARIANTS[v][0]
+        for base in ("plain", "rooms"):  # rooms: fastapi_rooms on uvicorn
+            if base in variants:
+                pairs = [rnd for rnd in by_round.values() if v in rnd and base in rnd]
+                entry[f"vs_{base}"] = {
+                    "wall": spread(paired(pairs, v, wall, base)),
+                    "server_cpu": spread(paired(pairs, v, per_cpu, base)),
+                }
         summary[v] = entry
     return summary
 
 
-def markdown(summary: dict[str, Any], results: list[Result], cfg: Settings) -> str:
+def target_check(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The issue's target (``TARGET``), when both variants ran: paired wall-clock ratio."""
+    variant, base, goal = TARGET
+    if variant not in summary or f"vs_{base}" not in summary[variant]:
+        return None
+    ratio = summary[variant][f"vs_{base}"]["wall"]
+    return {
+        "variant": variant,
+        "over": base,
+        "at_least": goal,
+        "ratio": ratio,
+        "met": ratio["median"] is not None and ratio["median"] >= goal,
+    }
+
+
+def markdown(
+    summary: dict[str, Any],
+    results: list[Result],
+    cfg: Settings,
+    target: dict[str, Any] | None = None,
+) -> str:
     def k(x: float | None) -> str:
         return "-" if x is None else f"{x / 1000:.1f} k"
 
@@ -591,34 +811,52 @@ def markdown(summary: dict[str, Any], results: list[Result], cfg: Settings) -> s
         return f"**{s['median']:.2f}** ({s['min']:.2f}-{s['max']:.2f})"
 
     rounds = max((r.round for r in results), default=0)
+    variants = list(summary)
     lines = [
         f"Fan-out to one room: N={cfg.n} members, bursts of {cfg.messages} messages of "
         f"{cfg.size} bytes, {rounds} round(s); ratios are paired within each round "
-        "(median, min-max over rounds).",
+        "(median, min-max over rounds); `rooms` is fastapi_rooms on uvicorn.",
         "",
-        "| variant | deliveries/s min / median / max | vs plain | deliveries per server CPU-s "
-        "(median) | vs plain (CPU) | last-receiver latency p50 / p90 / max ms | all delivered |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | server | deliveries/s min / median / max | vs plain | vs rooms "
+        "| deliveries per server CPU-s (median) | CPU vs plain | CPU vs rooms "
+        "| half the burst reached all by, ms (fraction of burst) "
+        "| last-receiver latency p50 / p90 / p99 / max ms | all delivered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for v, s in summary.items():
+    for v in variants:
+        s = summary[v]
         if not s["rounds_ok"]:
-            lines.append(f"| {v} | failed | | | | | NO |")
+            lines.append(f"| {v} | {s['server']} | failed | | | | | | | | NO |")
             continue
         d, c, lat = s["deliveries_per_s"], s["deliveries_per_server_cpu_s"], s["latency_ms"]
-        vs = s.get("vs_plain")
+        vp, vr = s.get("vs_plain"), s.get("vs_rooms")
+        bm = s["burst_messages"]
+        half = "-" if bm["p50_ms"] is None else f"{bm['p50_ms']:.0f} ({bm['p50_fraction']:.2f})"
         lines.append(
-            f"| {v} | {k(d['min'])} / {k(d['median'])} / {k(d['max'])} "
-            f"| {ratio(vs['wall']) if vs else '-'} | {k(c['median'])} "
-            f"| {ratio(vs['server_cpu']) if vs else '-'} "
-            f"| {ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['max'])} "
+            f"| {v} | {s['server']} | {k(d['min'])} / {k(d['median'])} / {k(d['max'])} "
+            f"| {ratio(vp['wall']) if vp else '-'} | {ratio(vr['wall']) if vr else '-'} "
+            f"| {k(c['median'])} "
+            f"| {ratio(vp['server_cpu']) if vp else '-'} "
+            f"| {ratio(vr['server_cpu']) if vr else '-'} "
+            f"| {half} "
+            f"| {ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['p99'])} / {ms(lat['max'])} "
             f"| {'yes' if s['all_delivered'] else 'NO'} |"
         )
+    if target:
+        lines += [
+            "",
+            f"Target: {target['variant']} >= {target['at_least']}x {target['over']} "
+            f"(deliveries/s, paired, median over rounds): **{target['ratio']['median']:.3f}** "
+            f"({target['ratio']['min']:.2f}-{target['ratio']['max']:.2f}) -> "
+            + ("met" if target["met"] else "**not met**")
+            + ("" if cfg.n == 1000 else f" (the target is stated for N=1000; this run N={cfg.n})"),
+        ]
     lines += ["", "Per round, deliveries/s (load average at the start of each measurement):", ""]
-    lines.append("| round | " + " | ".join(summary) + " |")
-    lines.append("|---|" + "---|" * len(summary))
+    lines.append("| round | " + " | ".join(variants) + " |")
+    lines.append("|---|" + "---|" * len(variants))
     for rnd in range(1, rounds + 1):
         row = []
-        for v in summary:
+        for v in variants:
             r = next((x for x in results if x.round == rnd and x.variant == v), None)
             row.append(
                 "-"
@@ -633,7 +871,9 @@ def markdown(summary: dict[str, Any], results: list[Result], cfg: Settings) -> s
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("uvicorn", "starlette", "fastapi", "websockets", "uvloop", "httptools", "picows"):
+    for dist in (
+        "uvicorn", "granian", "starlette", "fastapi", "websockets", "uvloop", "httptools", "picows",
+    ):  # fmt: skip
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -656,7 +896,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--latency-interval", type=float, default=None, help="seconds between them")
     p.add_argument(
-        "--variants", default="plain,rooms,gather", help=f"comma list of {', '.join(VARIANTS)}"
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help=f"comma list of {', '.join(VARIANTS)} (default {DEFAULT_VARIANTS})",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: N=20, 20 messages, 1 round")
     p.add_argument("--client", choices=("auto", "picows", "websockets"), default="auto")
@@ -678,9 +920,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(args.variants) - set(VARIANTS)
+    unknown = set(args.variants) - VARIANTS.keys()
     if unknown or not args.variants:
         p.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if len(set(args.variants)) != len(args.variants):
+        p.error("--variants: a variant is listed twice")
     if args.n < 1 or args.messages < 1 or args.rounds < 1:
         p.error("--n, --messages and --rounds must be at least 1")
     if args.size < 11:
@@ -754,6 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sessions: dict[str, tuple[Server, Session]] = {}
     failed_open: dict[str, str] = {}
     server_stats: dict[str, Any] = {}
+    server_info: dict[str, Any] = {}
     started = time.perf_counter()
     load_start = loadavg()
     pinned = f"server cpu {args.server_cpu}, client cpu {args.client_cpu}" if pin else "no"
@@ -772,7 +1017,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted = False
     try:
         for variant in args.variants:
-            server = Server(variant, args.server_cpu if pin else None, log_dir)
+            try:
+                server = Server(variant, args.server_cpu if pin else None, log_dir, cfg.n)
+            except Exception as exc:
+                failed_open[variant] = f"{type(exc).__name__}: {exc}"
+                print(f"  {variant}: server failed: {failed_open[variant]}", file=sys.stderr)
+                continue
             session = Session(variant, server.port, cfg, client)
             sessions[variant] = (server, session)
             try:
@@ -783,8 +1033,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(server.log(), file=sys.stderr)
                 drop(run, sessions, variant)
                 continue
+            server_info[variant] = {
+                "kind": server.kind,
+                "pid": server.pid,
+                "parent_pid": server.proc.pid if server.pid != server.proc.pid else None,
+                "threads": server.threads(),
+                "cpus": server.affinity(),
+            }
             print(
-                f"  {variant:6s} {cfg.n} members in {session.connect_seconds:.1f} s",
+                f"  {variant:18s} {cfg.n} members in {session.connect_seconds:.1f} s  "
+                f"(serving pid {server.pid}, {server_info[variant]['threads']} threads, "
+                f"cpus {server_info[variant]['cpus']})",
                 file=sys.stderr,
             )
 
@@ -804,7 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 server, session = sessions[variant]
                 try:
-                    run(session.measure(result, server.proc.pid), budget)
+                    run(session.measure(result, server.pid), budget)
                 except (Exception, asyncio.CancelledError) as exc:
                     result.error = f"{type(exc).__name__}: {exc}"
                     print(f"  round {rnd} {variant}: ERROR {result.error}", file=sys.stderr)
@@ -830,13 +1089,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
     summary = summarize(results, args.variants)
+    target = target_check(summary)
     report = {
         "benchmark": "fanout",
         "time": datetime.now(timezone.utc).isoformat(),
         "settings": {**vars(cfg), "variants": args.variants},
         "method": {
-            "server": "uvicorn --loop uvloop --http httptools --ws websockets-sansio, 1 process, "
-            "one server per variant for the whole run, variants alternate within each round",
+            "server": "one server process per variant for the whole run, variants alternate "
+            "within each round",
+            "servers": {v: SERVER_COMMANDS[VARIANTS[v][0]] for v in args.variants},
+            "server_cpu_time": "whole serving process (all threads; Granian: its worker)",
             "client": f"{client.name} on {type(loop).__module__.split('.')[0]}",
             "pinned": (
                 {"server_cpu": args.server_cpu, "client_cpu": args.client_cpu} if pin else None
@@ -852,11 +1114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "wall_seconds": time.perf_counter() - started,
         "summary": summary,
+        "target": target,
         "server_stats": server_stats,
+        "server_info": server_info,
         "results": [vars(r) for r in results],
     }
     out.write_text(json.dumps(report, indent=2))
-    print(markdown(summary, results, cfg))
+    print(markdown(summary, results, cfg, target))
     print(f"\nJSON: {out}", file=sys.stderr)
     failed = [r for r in results if r.error or r.delivered != r.expected or r.mismatches]
     return 1 if failed else 0
@@ -882,12 +1146,13 @@ def loadavg() -> float | None:
 def print_result(r: Result) -> None:
     cpu = r.deliveries_per_server_cpu_s
     print(
-        f"  round {r.round} {r.variant:6s} {r.deliveries_per_s / 1000:6.1f} k/s  "
+        f"  round {r.round} {r.variant:18s} {r.deliveries_per_s / 1000:6.1f} k/s  "
         + (f"{cpu / 1000:6.1f} k/cpu-s  " if cpu else "cpu n/a  ")
         + f"burst {r.burst_seconds * 1000:5.0f} ms  "
         + f"server loop {r.server_loop_seconds * 1000:5.0f} ms  "
         + f"delivered {r.delivered}/{r.expected}  "
-        + f"latency p50 {ms(percentile(r.latency_ms, 0.5))} ms  load {r.loadavg_1m}",
+        + f"latency p50 {ms(percentile(r.latency_ms, 0.5))} "
+        + f"max {ms(max(r.latency_ms, default=float('nan')))} ms  load {r.loadavg_1m}",
         file=sys.stderr,
     )
 

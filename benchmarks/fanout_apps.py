@@ -7,7 +7,9 @@ Every app has the same shape, so only the broadcast differs:
   <size>``; the server runs ``count`` broadcasts back to back, server-side, and answers
   ``done <handed> <seconds>`` (hand-offs counted by the app, time spent in the loop).
 
-Variants (``python -m uvicorn fanout_apps:<variant>_app``):
+Variants (``python -m uvicorn fanout_apps:<variant>_app``; the Granian variants of
+benchmarks/fanout.py serve ``rooms_app`` with ``granian --interface asgi`` and ``rooms_rsgi_app``
+with ``granian --interface rsgi``):
 
 - ``plain_app``: the FastAPI tutorial's ConnectionManager (and Gobstopper's pattern), one room:
   ``for ws in members: await ws.send_text(msg)``.
@@ -27,6 +29,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from fastapi_rooms import RoomManager, create_rooms_router
+from fastapi_rooms.rsgi import RSGIApp
 
 ROOM = "bench"
 JOINED = "joined"
@@ -157,3 +160,4 @@ def _rooms() -> FastAPI:
 plain_app = _plain(concurrent=False)
 gather_app = _plain(concurrent=True)
 rooms_app = _rooms()
+rooms_rsgi_app = RSGIApp(rooms_app)  # each server is its own process: no state is shared
