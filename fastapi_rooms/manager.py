@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ._frame import Frame, default_max_message_bytes, encode, json_dumps
+from ._backplane import Backplane, Envelope
+from ._frame import Frame, default_max_message_bytes, encode, json_dumps, oversize
+from .backends import Backend, backend_from_url
 from .outbound import SLOW_CONSUMER_CLOSE_CODE, Overflow
 from .websocket import WebSocket
 
@@ -44,25 +47,30 @@ class _RoomsView(Mapping[str, KeysView[str]]):
 class RoomManager:
     """Connections by id, rooms of ids, and broadcasts that never wait on a slow member.
 
-    ``backend=None`` keeps everything in this process. Each connection has a bounded outbound
-    buffer of ``max_buffer`` frames; ``overflow`` says what happens to a member whose buffer is
-    full: ``"close"`` it with 1013 (default) or ``"drop"`` the frame for it.
+    ``backend=None`` keeps everything in this process; ``"redis://host:6379/0"`` (or a backend
+    object) spreads rooms, broadcasts and sends by id across processes and hosts. Each
+    connection has a bounded outbound buffer of ``max_buffer`` frames; ``overflow`` says what
+    happens to a member whose buffer is full: ``"close"`` it with 1013 (default) or ``"drop"``
+    the frame for it.
     """
 
     def __init__(
         self,
-        backend: Any = None,
+        backend: str | Backend | None = None,
         *,
         max_buffer: int = 1024,
         overflow: Overflow = "close",
         max_message_bytes: int | None = None,
         json_dumps: Callable[[Any], str] = json_dumps,
         shutdown_timeout: float = 5.0,
+        prefix: str = "fastapi_rooms",
+        node_id: str | None = None,
     ) -> None:
-        if backend is not None:
-            raise ValueError(
-                f"unsupported backend {backend!r}: this version moves messages within one "
-                "process only (backend=None)"
+        if isinstance(backend, str):
+            backend = backend_from_url(backend, prefix=prefix)
+        elif backend is not None and not isinstance(backend, Backend):
+            raise TypeError(
+                f"backend should be None, a URL or a Backend, got {type(backend).__name__}"
             )
         if max_buffer < 1:
             raise ValueError(f"max_buffer must be at least 1, got {max_buffer}")
@@ -91,6 +99,13 @@ class RoomManager:
         self.connections: Mapping[str, WebSocket] = MappingProxyType(self._connections)
         #: room -> set-like view of connection ids, read-only.
         self.rooms: Mapping[str, KeysView[str]] = _RoomsView(self._rooms)
+        #: This process's id among the nodes sharing the backend.
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.backplane: Backplane | None = (
+            None
+            if backend is None
+            else Backplane(backend, node=self.node_id, prefix=prefix, deliver=self._deliver_remote)
+        )
 
     # Connections --------------------------------------------------------------------------
 
@@ -124,6 +139,8 @@ class RoomManager:
         self._connections[connection_id] = ws
         self._memberships[connection_id] = set()
         self._sockets.add(ws)
+        if self.backplane is not None:
+            self.backplane.add_local(connection_id)
         ws._on_closed((self, connection_id), self._closed_listener(connection_id))
         return ws
 
@@ -144,6 +161,8 @@ class RoomManager:
         if ws is None:
             return
         ws._off_closed((self, connection_id))
+        if self.backplane is not None:
+            self.backplane.remove_local(connection_id)
         for room in self._memberships.pop(connection_id, ()):
             self._discard(room, connection_id)
         if ws not in self._connections.values():
@@ -155,6 +174,8 @@ class RoomManager:
             members.pop(connection_id, None)
             if not members:
                 del self._rooms[room]
+                if self.backplane is not None:
+                    self.backplane.unwant(self.backplane.room_channel(room))
 
     # Rooms --------------------------------------------------------------------------------
 
@@ -166,7 +187,12 @@ class RoomManager:
                 f"connection {connection_id!r} is not registered (closed, or never added): "
                 "call add_connection() before join_room()"
             )
-        self._rooms.setdefault(room, {})[connection_id] = ws
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = {}
+            if self.backplane is not None:
+                self.backplane.want(self.backplane.room_channel(room))
+        members[connection_id] = ws
         self._memberships[connection_id].add(room)
 
     def leave_room(self, connection_id: str, room: str) -> None:
@@ -217,22 +243,80 @@ class RoomManager:
         """
         frame = self.encode(message)
         members = self._rooms.get(room)
-        if not members:
-            return 0
-        return self._deliver(members, frame, exclude)
+        delivered = self._deliver(members, frame, exclude) if members else 0
+        if self.backplane is not None:
+            await self._publish("room", room, frame, exclude)
+        return delivered
 
     async def broadcast_to_all(self, message: Any, *, exclude: Exclude = None) -> int:
-        """Hand ``message`` to every registered connection; returns how many took it."""
+        """Hand ``message`` to every registered connection; returns how many took it here.
+
+        With a backend, every other node delivers it to its own connections too.
+        """
         frame = self.encode(message)
-        return self._deliver(self._connections, frame, exclude)
+        delivered = self._deliver(self._connections, frame, exclude)
+        if self.backplane is not None:
+            await self._publish("all", "", frame, exclude)
+        return delivered
 
     async def send_to(self, connection_id: str, message: Any) -> bool:
-        """Hand ``message`` to one connection; False when it is not connected here."""
+        """Hand ``message`` to one connection, here or (with a backend) on its node.
+
+        False when no node has it.
+        """
         frame = self.encode(message)
         ws = self._connections.get(connection_id)
-        if ws is None:
+        if ws is not None:
+            return self._deliver({connection_id: ws}, frame, None) == 1
+        backplane = self.backplane
+        if backplane is None:
             return False
-        return self._deliver({connection_id: ws}, frame, None) == 1
+        node = await backplane.locate(connection_id)
+        if node is None or node == self.node_id:
+            return False
+        return await self._publish("conn", connection_id, frame, None, node=node) > 0
+
+    async def _publish(
+        self, kind: str, target: str, frame: Frame, exclude: Exclude, node: str | None = None
+    ) -> int:
+        backplane = self.backplane
+        assert backplane is not None
+        skip: tuple[str, ...] = ()
+        if exclude is not None:
+            skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        if kind == "room":
+            channel = backplane.room_channel(target)
+        elif kind == "all":
+            channel = backplane.all_channel
+        else:
+            channel = f"{backplane.prefix}:node:{node}"
+        envelope = Envelope(self.node_id, kind, target, skip, frame.data)
+        return await backplane.publish(channel, envelope)
+
+    def _deliver_remote(self, envelope: Envelope) -> None:
+        """An envelope from another node: deliver to the local connections it names."""
+        size = oversize(envelope.data, self.max_message_bytes)
+        if size:
+            _log.warning(
+                "dropped a %d-byte message from node %s: over the %d-byte limit",
+                size,
+                envelope.origin,
+                self.max_message_bytes,
+            )
+            self._dropped += 1
+            return
+        frame = Frame(envelope.data)
+        exclude = envelope.exclude or None
+        if envelope.kind == "room":
+            members = self._rooms.get(envelope.target)
+            if members:
+                self._deliver(members, frame, exclude)
+        elif envelope.kind == "all":
+            self._deliver(self._connections, frame, exclude)
+        else:
+            ws = self._connections.get(envelope.target)
+            if ws is not None:
+                self._deliver({envelope.target: ws}, frame, None)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -241,8 +325,19 @@ class RoomManager:
         return self._started
 
     async def start(self) -> None:
-        """Called by the app's lifespan (through the rooms router)."""
+        """Called by the app's lifespan (through the rooms router): connects the backend."""
         self._started = True
+        if self.backplane is not None:
+            await self.backplane.start()
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Wait until the backend's subscriptions and directory reflect local joins and leaves.
+
+        Joins take effect on the backend in the background; call this when a message from
+        another node must not be missed right after a join (tests, hand-offs).
+        """
+        if self.backplane is not None:
+            await self.backplane.sync(timeout)
 
     def _track(self, ws: WebSocket) -> None:
         """A router handler started serving ``ws``."""
@@ -280,6 +375,8 @@ class RoomManager:
             )
         for ws in list(self._sockets):
             ws._outbound.cancel()
+        if self.backplane is not None:
+            await self.backplane.stop()
         discarded = sum(ws._outbound.discarded for ws in self._sockets)
         if discarded:
             _log.warning("shutdown: %d buffered message(s) were never delivered", discarded)
@@ -298,7 +395,11 @@ class RoomManager:
             "buffered": sum(ws.buffered for ws in self._connections.values()),
             "slow_consumer_closes": self._closes[SLOW_CONSUMER_CLOSE_CODE],
             "closes_by_code": {str(code): n for code, n in sorted(self._closes.items())},
-            "backend": {"type": "memory", "connected": True},
+            "backend": (
+                {"type": "local", "connected": True}
+                if self.backplane is None
+                else self.backplane.stats()
+            ),
         }
 
 

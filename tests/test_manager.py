@@ -187,5 +187,7 @@ async def test_invalid_configuration_is_refused() -> None:
         RoomManager(max_buffer=0)
     with pytest.raises(ValueError, match="overflow"):
         RoomManager(overflow="block")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unsupported backend"):
-        RoomManager("redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError, match="unsupported backend URL"):
+        RoomManager("amqp://127.0.0.1/")
+    with pytest.raises(TypeError, match="backend should be None, a URL or a Backend"):
+        RoomManager(42)  # type: ignore[arg-type]

@@ -1,0 +1,140 @@
+"""Redis backend on ``redis.asyncio`` (the ``redis`` extra): pub/sub and a connection directory.
+
+Every command has a short socket timeout so a dead Redis fails fast; the client does not
+retry on its own: the manager's backplane owns reconnection, backoff and logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "the Redis backend needs the 'redis' extra: pip install 'fastapi-rooms[redis]'"
+    ) from exc
+
+__all__ = ["RedisBackend"]
+
+_UNREGISTER = """
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 0
+"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and stats."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class RedisBackend:
+    """Pub/sub channels and ``{prefix}:conn:{id}`` directory keys on one Redis server."""
+
+    def __init__(
+        self, url: str, *, prefix: str = "fastapi_rooms", timeout: float = 1.0, **options: Any
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._options = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            **options,
+        }
+        self._client: aioredis.Redis | None = None
+        self._pubsub: Any = None
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({redact(self.url)!r}, prefix={self.prefix!r})"
+
+    def _key(self, connection_id: str) -> str:
+        return f"{self.prefix}:conn:{connection_id}"
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise ConnectionError("RedisBackend is not connected: call connect() first")
+        return self._client
+
+    async def connect(self) -> None:
+        await self.disconnect()
+        client = aioredis.Redis.from_url(self.url, **self._options)
+        await client.ping()
+        # The pub/sub connection reads without a timeout; commands keep theirs.
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._client = client
+
+    async def disconnect(self) -> None:
+        pubsub, client = self._pubsub, self._client
+        self._pubsub = self._client = None
+        if pubsub is not None:
+            await pubsub.aclose()
+        if client is not None:
+            await client.aclose()
+
+    async def subscribe(self, channel: str) -> None:
+        if self._pubsub is None:
+            raise ConnectionError("RedisBackend is not connected")
+        await self._pubsub.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._pubsub is None:
+            raise ConnectionError("RedisBackend is not connected")
+        await self._pubsub.unsubscribe(channel)
+
+    async def publish(self, channel: str, payload: bytes) -> int:
+        return int(await self.client.publish(channel, payload))
+
+    async def listen(self) -> AsyncIterator[tuple[str, bytes]]:
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise ConnectionError("RedisBackend is not connected")
+        while True:
+            # Wait in short slices: a read without a deadline would not notice a dead server.
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                if pubsub.connection is None:
+                    raise ConnectionError("Redis pub/sub connection closed")
+                continue
+            if message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            data = message["data"]
+            yield (
+                channel.decode() if isinstance(channel, bytes) else str(channel),
+                data if isinstance(data, bytes) else str(data).encode(),
+            )
+
+    async def register(self, connection_ids: Iterable[str], node: str, ttl: float) -> None:
+        ids = list(connection_ids)
+        if not ids:
+            return
+        ms = max(1, int(ttl * 1000))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.set(self._key(cid), node, px=ms)
+            await pipe.execute()
+
+    async def unregister(self, connection_ids: Iterable[str], node: str) -> None:
+        keys = [self._key(cid) for cid in connection_ids]
+        if keys:
+            await self.client.eval(_UNREGISTER, len(keys), *keys, node)
+
+    async def locate(self, connection_id: str) -> str | None:
+        node = await self.client.get(self._key(connection_id))
+        if node is None:
+            return None
+        return node.decode() if isinstance(node, bytes) else str(node)
