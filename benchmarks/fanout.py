@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/fanout.py --n 5000 --rounds 5 --variants plain,rooms
     .venv/bin/python benchmarks/fanout.py \
         --variants plain,rooms,rooms-granian-rsgi,rooms-granian-asgi   # uvicorn vs Granian
+    .venv/bin/python benchmarks/fanout.py --variants rooms,rooms-redis-2w --rounds 5  # over Redis
 
 Each variant is served by its own server subprocess (uvicorn with uvloop, httptools and
 websockets-sansio; or Granian, one worker, RSGI or ASGI) pinned to one core, the whole process
@@ -17,6 +18,11 @@ LAST member received the LAST message (deliveries/s = N*B / time); deliveries pe
 CPU-second use the serving process's CPU time (all its threads) instead of wall time. Then
 single broadcasts, spaced out, give the latency to the last receiver. Ratios to plain and to
 rooms (on uvicorn) are paired within a round.
+
+rooms-redis-2w runs two uvicorn processes (both pinned to the server core) sharing the room
+through Redis (--redis-url): half the members on each, the burst asked of the first, which
+delivers to its members and publishes to Redis; the second delivers what Redis brings it. The
+time runs until the last member on either process got the last message.
 
 Loopback only; every wait is bounded; servers are stopped by PID even on error or Ctrl-C.
 See benchmarks/README.md.
@@ -38,6 +44,8 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,7 +64,11 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "gather": ("uvicorn", "gather_app"),
     "rooms-granian-rsgi": ("granian-rsgi", "rooms_rsgi_app"),
     "rooms-granian-asgi": ("granian-asgi", "rooms_app"),
+    "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
 }
+#: Variants served by several processes sharing the room through Redis: how many processes.
+WORKERS = {"rooms-redis-2w": 2}
+REDIS_VARIANTS = {"rooms-redis-2w"}
 DEFAULT_VARIANTS = "plain,rooms,gather"
 DESCRIPTIONS = {
     "plain": "Starlette/FastAPI, sequential `await ws.send_text(msg)` loop (FastAPI tutorial)",
@@ -65,37 +77,76 @@ DESCRIPTIONS = {
     "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app)` under `granian --interface rsgi`: "
     "native `transport.send_str` per member (RSGIOutbound)",
     "rooms-granian-asgi": "fastapi_rooms, the same app under `granian --interface asgi`",
+    "rooms-redis-2w": "fastapi_rooms over Redis, two uvicorn processes on the server core, half "
+    "the members on each; the first runs the broadcasts (local delivery + publish), the second "
+    "delivers what Redis brings it",
 }
 SERVER_COMMANDS = {
     "uvicorn": "uvicorn --loop uvloop --http httptools --ws websockets-sansio",
     "granian-rsgi": "granian --interface rsgi --workers 1 --loop uvloop (default runtime threads)",
     "granian-asgi": "granian --interface asgi --workers 1 --loop uvloop (default runtime threads)",
 }
-#: The paired ratio the issue asks for: RSGI over rooms-on-uvicorn at N=1000.
-TARGET = ("rooms-granian-rsgi", "rooms", 1.2)
+#: The paired ratios the issues ask for (at N=1000): variant over base, at least.
+TARGETS = [
+    ("rooms-granian-rsgi", "rooms", 1.2),  # RSGI over rooms on uvicorn
+    ("rooms-redis-2w", "rooms", 0.7),  # two processes over Redis against one process
+]
 JOINED_BYTES = JOINED.encode()
+DEFAULT_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def server_label(variant: str) -> str:
+    """The server column: the kind, and for a multi-process variant how many and the backend."""
+    kind = VARIANTS[variant][0]
+    if variant in WORKERS:
+        return f"{WORKERS[variant]}x {kind} + Redis"
+    return kind
+
+
+def server_command_text(variant: str) -> str:
+    kind, app = VARIANTS[variant]
+    text = SERVER_COMMANDS[kind]
+    if variant in WORKERS:
+        text = (
+            f"{WORKERS[variant]} processes of `{text} --factory fanout_apps:{app}`, all pinned to "
+            "the server core; RoomManager(--redis-url, prefix=<unique per run>)"
+        )
+    return text
 
 
 # Client side: who received what -------------------------------------------------------------
 
 
 class Member:
-    """One room member on the client: how many payload frames it got, and whether in order."""
+    """One room member on the client: how many payload frames it got, and whether in order.
 
-    __slots__ = ("conn", "count", "joined", "open")
+    ``group``: the index of the server process it is connected to (0 unless the variant runs
+    several processes).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("conn", "count", "group", "joined", "open")
+
+    def __init__(self, group: int = 0) -> None:
         self.conn: Any = None
         self.count = 0
+        self.group = group
         self.joined = False
         self.open = True
 
 
 class Tracker:
-    """Counts frames for every member; completes a phase when every open member reached target."""
+    """Counts frames for every member; completes a phase when every open member reached target.
 
-    def __init__(self, n: int, expected: list[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    Per group (server process) it also notes when that group's last member reached the target.
+    """
+
+    def __init__(
+        self, n: int, expected: list[bytes], loop: asyncio.AbstractEventLoop, groups: int = 1
+    ) -> None:
         self.n = n
+        self.groups = groups
+        self.group_remaining = [0] * groups
+        self.t_group_done = [0.0] * groups
         self.expected = expected
         self.loop = loop
         self.joined = 0
@@ -114,11 +165,29 @@ class Tracker:
         """Start a phase: done once every open member has received ``target`` payload frames."""
         self.target = target
         self.remaining = sum(1 for m in members if m.open and m.count < target)
+        self.group_remaining = [0] * self.groups
+        for m in members:
+            if m.open and m.count < target:
+                self.group_remaining[m.group] += 1
+        now = time.perf_counter()
+        self.t_group_done = [now if left == 0 else 0.0 for left in self.group_remaining]
         self.done = self.loop.create_future()
         if self.remaining == 0:
-            self.t_done = time.perf_counter()
+            self.t_done = now
             self.done.set_result(None)
         return self.done
+
+    def _member_done(self, member: Member) -> None:
+        """``member`` reached the target (or closed before it)."""
+        g = member.group
+        self.group_remaining[g] -= 1
+        if self.group_remaining[g] == 0:
+            self.t_group_done[g] = time.perf_counter()
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.t_done = time.perf_counter()
+            if self.done is not None and not self.done.done():
+                self.done.set_result(None)
 
     def on_text(self, member: Member, data: bytes) -> None:
         if not member.joined:
@@ -141,11 +210,7 @@ class Tracker:
         i += 1
         member.count = i
         if i == self.target:
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.t_done = time.perf_counter()
-                if self.done is not None and not self.done.done():
-                    self.done.set_result(None)
+            self._member_done(member)
 
     def on_close(self, member: Member) -> None:
         if not member.open:
@@ -153,10 +218,7 @@ class Tracker:
         member.open = False
         self.disconnects += 1
         if member.count < self.target and self.done is not None and not self.done.done():
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.t_done = time.perf_counter()
-                self.done.set_result(None)
+            self._member_done(member)
 
 
 # Client side: two WebSocket client implementations -----------------------------------------
@@ -357,6 +419,26 @@ class Result:
     burst_message_ms: list[float] = field(default_factory=list)
     loadavg_1m: float | None = None
     error: str | None = None
+    # Variants with several server processes (index 0 runs the broadcasts), else empty:
+    # seconds until the last member on that process got the burst's last message,
+    burst_seconds_by_server: list[float] = field(default_factory=list)
+    # each latency sample until the last member on that process had it,
+    latency_ms_by_server: list[list[float]] = field(default_factory=list)
+    # CPU each process used during the burst, frames each handed to its members,
+    server_cpu_seconds_by_server: list[float | None] = field(default_factory=list)
+    server_handed_by_server: list[int] = field(default_factory=list)
+    # the change of each process's backend counters (messages_in/out, publish_dropped, ...)
+    # over the burst, and the CPU the Redis server used during the burst (None if unknown).
+    backend_delta_by_server: list[dict[str, int]] = field(default_factory=list)
+    redis_cpu_seconds: float | None = None
+    # When pinned: how busy each core was during the burst, whoever used it (/proc/stat: user,
+    # system, irq, softirq, ... in clock ticks), and the client process's own CPU time.
+    server_core_busy_seconds: float | None = None
+    client_core_busy_seconds: float | None = None
+    client_cpu_seconds: float | None = None
+    # Times the client went to sleep waiting for frames during the burst (voluntary context
+    # switches): few when frames pile up between its reads, about one per read when it keeps up.
+    client_waits: int | None = None
 
 
 def phase_budget(deliveries: int) -> float:
@@ -400,6 +482,30 @@ def process_cpu(pid: int) -> CPUSample | None:
         return None
 
 
+def voluntary_switches() -> int | None:
+    """This process's voluntary context switches so far (its threads included), None if unknown."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def core_busy(cpu: int) -> float | None:
+    """Seconds core ``cpu`` has been busy since boot (``/proc/stat``: all but idle and iowait),
+    whatever ran there: processes, the kernel's softirq work for loopback TCP, Redis."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    ticks = [int(x) for x in line.split()[1:]]
+                    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / _TICKS
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def cpu_between(before: CPUSample | None, after: CPUSample | None) -> float | None:
     """Seconds of CPU the process used between two ``process_cpu`` samples.
 
@@ -415,33 +521,57 @@ def cpu_between(before: CPUSample | None, after: CPUSample | None) -> float | No
 
 
 class Session:
-    """N members of the room plus the control connection, on one server, for the whole run."""
+    """N members of the room plus the control connection(s), on one or more servers, for the run.
 
-    def __init__(self, variant: str, port: int, cfg: Settings, client: Any) -> None:
+    With several servers (``ports``), the members are split into contiguous, nearly equal
+    groups, one per server (members 0..N/2-1 on the first of two); every server gets a control
+    connection, but only the first one is asked for bursts: the others are asked for stats
+    before and after, outside the timed part.
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        ports: Sequence[int],
+        cfg: Settings,
+        client: Any,
+        redis_pid: int | None = None,
+        cores: tuple[int, int] | None = None,
+    ) -> None:
         self.variant = variant
-        self.base = f"ws://127.0.0.1:{port}"
+        self.cores = cores  # (server core, client core) when pinned
+        self.bases = [f"ws://127.0.0.1:{port}" for port in ports]
         self.cfg = cfg
         self.client = client
+        self.redis_pid = redis_pid
         total = cfg.warmup + cfg.rounds * (cfg.messages + cfg.latency_samples)
         self.expected = [payload(seq, cfg.size).encode() for seq in range(total)]
-        self.members = [Member() for _ in range(cfg.n)]
+        k = len(self.bases)
+        self.members = [Member(i * k // cfg.n) for i in range(cfg.n)]
         self.tracker: Tracker | None = None
-        self.control = Control()
+        self.controls = [Control() for _ in self.bases]
+        self.control = self.controls[0]  # the one that runs the bursts
         self.seq = 0  # sequence number of the next message the server will send
         self.t_burst = 0.0  # when the last burst was asked for
         self.connect_seconds = 0.0
 
+    @property
+    def multi(self) -> bool:
+        return len(self.bases) > 1
+
     async def open(self) -> None:
         """Connect every member, wait until each was told it joined, connect control, warm up."""
         cfg = self.cfg
-        tracker = self.tracker = Tracker(cfg.n, self.expected, asyncio.get_running_loop())
+        tracker = self.tracker = Tracker(
+            cfg.n, self.expected, asyncio.get_running_loop(), groups=len(self.bases)
+        )
         limit = asyncio.Semaphore(cfg.connect_concurrency)
         t0 = time.perf_counter()
 
         async def join(i: int, member: Member) -> None:
             async with limit:
                 member.conn = await self.client.connect(
-                    f"{self.base}/members/m{i}",
+                    f"{self.bases[member.group]}/members/m{i}",
                     lambda data, m=member: tracker.on_text(m, data),
                     lambda m=member: tracker.on_close(m),
                 )
@@ -449,9 +579,10 @@ class Session:
         await asyncio.gather(*(join(i, m) for i, m in enumerate(self.members)))
         await asyncio.shield(tracker.joined_future)
         self.connect_seconds = time.perf_counter() - t0
-        self.control.conn = await self.client.connect(
-            f"{self.base}/control", self.control.on_text, self.control.on_close
-        )
+        for base, control in zip(self.bases, self.controls, strict=True):
+            control.conn = await self.client.connect(
+                f"{base}/control", control.on_text, control.on_close
+            )
         if cfg.warmup:
             await self.burst(cfg.warmup)
 
@@ -467,48 +598,113 @@ class Session:
         await asyncio.wait_for(asyncio.shield(done), budget)
         return self.tracker.t_done - t_start, reply
 
-    async def measure(self, result: Result, pid: int) -> None:
-        """``pid``: the process that serves the connections (a Granian worker, not its parent)."""
-        """One round: the measured burst, then spaced single broadcasts for latency."""
+    async def all_stats(self) -> list[dict[str, Any]]:
+        """Every server's control stats (members, messages_delivered, backend, ...)."""
+        return [json.loads(await c.ask("stats", 10)) for c in self.controls]
+
+    async def measure(self, result: Result, pids: Sequence[int]) -> None:
+        """One round: the measured burst, then spaced single broadcasts for latency.
+
+        ``pids``: the processes that serve the connections (a Granian worker, not its parent),
+        in server order.
+        """
         assert self.tracker is not None
         cfg = self.cfg
-        mismatches = self.tracker.mismatches
+        tracker = self.tracker
+        mismatches = tracker.mismatches
         start_counts = [m.count for m in self.members]
-        cpu0, loop0 = process_cpu(pid), cpu_seconds(pid)
+        stats0 = await self.all_stats() if self.multi else []
+        redis0 = process_cpu(self.redis_pid) if self.redis_pid else None
+        cpu0 = [process_cpu(pid) for pid in pids]
+        loop0 = [cpu_seconds(pid) for pid in pids]
+        cores0 = [core_busy(c) for c in self.cores] if self.cores else []
+        client0, waits0 = time.process_time(), voluntary_switches()
         first = self.seq
         elapsed, reply = await self.burst(cfg.messages)
-        cpu1, loop1 = process_cpu(pid), cpu_seconds(pid)
-        t_reached = self.tracker.t_reached[first : first + cfg.messages]
+        t_group = [t - self.t_burst for t in tracker.t_group_done]
+        client1, waits1 = time.process_time(), voluntary_switches()
+        cores1 = [core_busy(c) for c in self.cores] if self.cores else []
+        cpu1 = [process_cpu(pid) for pid in pids]
+        loop1 = [cpu_seconds(pid) for pid in pids]
+        result.client_cpu_seconds = client1 - client0
+        if waits0 is not None and waits1 is not None:
+            result.client_waits = waits1 - waits0
+        busy = [
+            None if a is None or b is None else b - a for a, b in zip(cores0, cores1, strict=True)
+        ]
+        if busy:
+            result.server_core_busy_seconds, result.client_core_busy_seconds = busy
+        redis1 = process_cpu(self.redis_pid) if self.redis_pid else None
+        stats1 = await self.all_stats() if self.multi else []
+        t_reached = tracker.t_reached[first : first + cfg.messages]
         if all(t_reached):  # every member got every message
             result.burst_message_ms = [(t - self.t_burst) * 1000 for t in t_reached]
         result.delivered = sum(m.count - c for m, c in zip(self.members, start_counts, strict=True))
         result.expected = cfg.n * cfg.messages
         result.burst_seconds = elapsed
         result.deliveries_per_s = result.delivered / elapsed if elapsed > 0 else 0.0
-        used = cpu_between(cpu0, cpu1)
-        if used:
-            result.server_cpu_seconds = used
-            result.deliveries_per_server_cpu_s = result.delivered / used
-        if loop0 is not None and loop1 is not None:
-            result.server_loop_thread_cpu_seconds = loop1 - loop0
+        used = [cpu_between(a, b) for a, b in zip(cpu0, cpu1, strict=True)]
+        if all(used):
+            result.server_cpu_seconds = sum(u for u in used if u)
+            result.deliveries_per_server_cpu_s = result.delivered / result.server_cpu_seconds
+        if all(x is not None for x in loop0 + loop1):
+            result.server_loop_thread_cpu_seconds = sum(
+                b - a for a, b in zip(loop0, loop1, strict=True) if a is not None and b is not None
+            )
         word, handed, seconds = reply.split()
         if word != "done":
             raise RuntimeError(f"unexpected control reply {reply!r}")
         result.server_handed = int(handed)
         result.server_loop_seconds = float(seconds)
+        if self.multi:
+            result.burst_seconds_by_server = t_group
+            result.server_cpu_seconds_by_server = used
+            result.redis_cpu_seconds = cpu_between(redis0, redis1)
+            # The first server's reply counts its own members; the others' come from stats.
+            result.server_handed_by_server = [int(handed)] + [
+                b["messages_delivered"] - a["messages_delivered"]
+                for a, b in zip(stats0[1:], stats1[1:], strict=True)
+            ]
+            result.server_handed = sum(result.server_handed_by_server)
+            result.backend_delta_by_server = [
+                {
+                    key: b["backend"][key] - a["backend"][key]
+                    for key in b.get("backend", {})
+                    if isinstance(b["backend"][key], int)
+                    and not isinstance(b["backend"][key], bool)
+                    and isinstance(a["backend"].get(key), int)
+                }
+                for a, b in zip(stats0, stats1, strict=True)
+            ]
+            result.latency_ms_by_server = [[] for _ in self.bases]
         for _ in range(cfg.latency_samples):
             await asyncio.sleep(cfg.latency_interval)  # let the server go idle between samples
             latency, _reply = await self.burst(1)
             result.latency_ms.append(latency * 1000)
-        result.mismatches = self.tracker.mismatches - mismatches
-        result.disconnects = self.tracker.disconnects
+            if self.multi:
+                for g, t in enumerate(tracker.t_group_done):
+                    result.latency_ms_by_server[g].append((t - self.t_burst) * 1000)
+        result.mismatches = tracker.mismatches - mismatches
+        result.disconnects = tracker.disconnects
 
     async def stats(self) -> dict[str, Any]:
-        return dict(json.loads(await self.control.ask("stats", 10)))
+        """The first server's control stats; with several servers, the sum of their members
+        and delivery counters, each server's own under ``servers``."""
+        if not self.multi:
+            return dict(json.loads(await self.control.ask("stats", 10)))
+        each = await self.all_stats()
+        total: dict[str, Any] = {
+            key: sum(s[key] for s in each)
+            for key in ("members", "messages_delivered", "messages_dropped", "buffered")
+        }
+        total["slow_consumer_closes"] = sum(s["slow_consumer_closes"] for s in each)
+        total["servers"] = [{"control": s} for s in each]
+        return total
 
     async def close(self) -> None:
-        if self.control.conn is not None:
-            self.control.conn.close()
+        for control in self.controls:
+            if control.conn is not None:
+                control.conn.close()
         for member in self.members:
             if member.conn is not None and member.open:
                 member.conn.close()
@@ -542,7 +738,7 @@ def server_command(kind: str, app: str, port: int, n: int) -> list[str]:
             "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
             "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
             "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "5",
-        ]  # fmt: skip
+        ] + (["--factory"] if app.startswith("make_") else [])  # fmt: skip
     if kind in ("granian-rsgi", "granian-asgi"):
         # One worker, default runtime threads and mode. Granian admits at most --backpressure
         # connections at once (default 1024, the backlog): raise it only when N needs more.
@@ -590,7 +786,14 @@ class Server:
 
     live: set[Server] = set()  # noqa: RUF012 - registry for cleanup on error
 
-    def __init__(self, variant: str, cpu: int | None, log_dir: Path, n: int = 1000) -> None:
+    def __init__(
+        self,
+        variant: str,
+        cpu: int | None,
+        log_dir: Path,
+        n: int = 1000,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.variant = variant
         self.kind, app = VARIANTS[variant]
         self.port = free_port()
@@ -598,6 +801,7 @@ class Server:
         cmd = server_command(self.kind, app, self.port, n)
         env = {
             **os.environ,
+            **(env or {}),
             "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
             "PYTHONUNBUFFERED": "1",
         }
@@ -617,6 +821,16 @@ class Server:
             raise
         #: The process that serves the connections (and whose CPU time is measured).
         self.pid = self.workers[0][0] if self.workers else self.proc.pid
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "port": self.port,
+            "pid": self.pid,
+            "parent_pid": self.proc.pid if self.pid != self.proc.pid else None,
+            "threads": self.threads(),
+            "cpus": self.affinity(),
+        }
 
     def _wait_workers(self, seconds: float) -> list[tuple[int, int]]:
         """Granian serves from a worker process, a child of the one we started."""
@@ -681,6 +895,79 @@ def stop_all_servers() -> None:
             server.stop()
 
 
+def http_json(port: int, path: str, timeout: float = 10.0) -> Any:
+    """GET http://127.0.0.1:<port><path> and parse the JSON body (blocking: run in a thread)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+# Redis -----------------------------------------------------------------------------------------
+
+
+class Redis:
+    """The Redis server the multi-process variants share: reachability, its PID, key clean-up.
+
+    The benchmark never starts, stops or pins Redis; it only reads its CPU time (``/proc``,
+    when it runs on this machine) and, at the end, lists the keys left under this run's prefix.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"frbench-{uuid.uuid4().hex[:12]}"
+        self.info: dict[str, Any] = {"url": redact(url), "prefix": self.prefix}
+        self.pid: int | None = None
+
+    def _client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+
+    def check(self) -> None:
+        """Ping Redis; note its version and, if it runs here, its PID, threads and cores."""
+        client = self._client()
+        try:
+            client.ping()
+            server = client.info("server")
+        finally:
+            client.close()
+        self.info["version"] = server.get("redis_version")
+        pid = server.get("process_id")
+        if isinstance(pid, int) and os.path.exists(f"/proc/{pid}/stat"):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/comm") as f:
+                    local = f.read().strip().startswith("redis")
+                if local:
+                    self.pid = pid
+                    self.info["pid"] = pid
+                    self.info["threads"] = len(os.listdir(f"/proc/{pid}/task"))
+                    self.info["cpus"] = sorted(os.sched_getaffinity(pid))
+
+    def keys_left(self) -> list[str]:
+        """Keys under this run's prefix (there should be none once the servers stopped)."""
+        client = self._client()
+        try:
+            return sorted(k.decode() for k in client.keys(f"{self.prefix}*"))
+        finally:
+            client.close()
+
+    def delete(self, keys: Sequence[str]) -> None:
+        if keys:
+            client = self._client()
+            try:
+                client.delete(*keys)
+            finally:
+                client.close()
+
+
+def redact(url: str) -> str:
+    """The URL without its password."""
+    head, sep, tail = url.rpartition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, userinfo = head.partition("//")
+    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
+
+
 # Statistics and output ----------------------------------------------------------------------
 
 
@@ -695,6 +982,14 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def ms(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.1f}"
+
+
+def signed(values: dict[str, Any] | None, key: str) -> str:
+    """``values[key]`` in ms with its sign (+3.2), ``-`` when absent."""
+    x = values.get(key) if values else None
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:+.1f}"
 
 
 def spread(values: Sequence[float]) -> dict[str, float | None]:
@@ -760,16 +1055,22 @@ def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
             "deliveries_per_s": spread([r.deliveries_per_s for r in rs]),
             "deliveries_per_server_cpu_s": spread(cpu_rates),
             "server_loop_ms": spread([r.server_loop_seconds * 1000 for r in rs]),
+            # Per burst, when pinned: busy seconds of the server's and the client's core (any
+            # process, kernel work included) and the client's own CPU seconds.
+            "server_core_busy_seconds": spread(
+                [r.server_core_busy_seconds for r in rs if r.server_core_busy_seconds is not None]
+            ),
+            "client_core_busy_seconds": spread(
+                [r.client_core_busy_seconds for r in rs if r.client_core_busy_seconds is not None]
+            ),
+            "client_cpu_seconds": spread(
+                [r.client_cpu_seconds for r in rs if r.client_cpu_seconds is not None]
+            ),
+            "client_waits": spread([r.client_waits for r in rs if r.client_waits is not None]),
             "burst_messages": burst_messages(rs),
-            "latency_ms": {
-                "samples": len(lat),
-                "p50": percentile(lat, 0.5),
-                "p90": percentile(lat, 0.9),
-                "p99": percentile(lat, 0.99),
-                "max": max(lat, default=float("nan")),
-            },
+            "latency_ms": latency_summary(lat),
         }
-        entry["server"] = VARIANTS[v][0]
+        entry["server"] = server_label(v)
         for base in ("plain", "rooms"):  # rooms: fastapi_rooms on uvicorn
             if base in variants:
                 pairs = [rnd for rnd in by_round.values() if v in rnd and base in rnd]
@@ -777,30 +1078,126 @@ def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
                     "wall": spread(paired(pairs, v, wall, base)),
                     "server_cpu": spread(paired(pairs, v, per_cpu, base)),
                 }
+        if v in WORKERS:
+            entry.update(multi_summary(rs, WORKERS[v]))
         summary[v] = entry
+    for v in variants:
+        if v in WORKERS and "rooms" in summary and summary["rooms"]["rounds_ok"]:
+            pairs = [rnd for rnd in by_round.values() if v in rnd and "rooms" in rnd]
+            summary[v]["redis_added_latency_ms"] = added_latency(
+                summary[v], summary["rooms"], pairs, v
+            )
     return summary
 
 
-def target_check(summary: dict[str, Any]) -> dict[str, Any] | None:
-    """The issue's target (``TARGET``), when both variants ran: paired wall-clock ratio."""
-    variant, base, goal = TARGET
-    if variant not in summary or f"vs_{base}" not in summary[variant]:
-        return None
-    ratio = summary[variant][f"vs_{base}"]["wall"]
+def latency_summary(values: Sequence[float]) -> dict[str, float]:
     return {
-        "variant": variant,
-        "over": base,
-        "at_least": goal,
-        "ratio": ratio,
-        "met": ratio["median"] is not None and ratio["median"] >= goal,
+        "samples": len(values),
+        "p50": percentile(values, 0.5),
+        "p90": percentile(values, 0.9),
+        "p99": percentile(values, 0.99),
+        "max": max(values, default=float("nan")),
     }
+
+
+SERVER_ROLES = ("publisher: runs the broadcasts, its members directly", "through Redis")
+
+
+def multi_summary(rs: list[Result], servers: int) -> dict[str, Any]:
+    """A multi-process variant, per server process: when its last member got the burst's last
+    message, its latency samples, CPU, frames handed and backend counters; Redis's CPU."""
+    by_server = []
+    for g in range(servers):
+        rounds = [r for r in rs if len(r.burst_seconds_by_server) == servers]
+        cpu = [r.server_cpu_seconds_by_server[g] for r in rounds]
+        deltas = [r.backend_delta_by_server[g] for r in rounds if r.backend_delta_by_server]
+        by_server.append(
+            {
+                "server": g,
+                "role": SERVER_ROLES[min(g, 1)],
+                "burst_ms": spread([r.burst_seconds_by_server[g] * 1000 for r in rounds]),
+                "latency_ms": latency_summary(
+                    [x for r in rounds for x in r.latency_ms_by_server[g]]
+                ),
+                "server_cpu_seconds": spread([c for c in cpu if c is not None]),
+                "handed_per_burst": spread([r.server_handed_by_server[g] for r in rounds]),
+                "backend_per_burst": {
+                    key: statistics.median(d.get(key, 0) for d in deltas)
+                    for key in (deltas[0] if deltas else {})
+                },
+            }
+        )
+    redis_cpu = [r.redis_cpu_seconds for r in rs if r.redis_cpu_seconds is not None]
+    return {
+        "servers": servers,
+        "burst_ms": spread([r.burst_seconds * 1000 for r in rs]),
+        "server_cpu_seconds": spread([r.server_cpu_seconds for r in rs if r.server_cpu_seconds]),
+        "by_server": by_server,
+        "redis_cpu_seconds_per_burst": spread(redis_cpu),
+    }
+
+
+def added_latency(
+    multi: dict[str, Any], rooms: dict[str, Any], pairs: list[dict[str, Result]], variant: str
+) -> dict[str, Any]:
+    """What Redis adds: the multi-process variant's latency percentiles minus ``rooms``'s (all
+    samples of all rounds pooled), to the last receiver overall and to the last receiver on
+    each process; and the same p50 difference paired within each round (its spread over
+    rounds), which a drift in machine speed between rounds does not move."""
+    base = rooms["latency_ms"]
+
+    def minus(lat: dict[str, float]) -> dict[str, float]:
+        return {q: lat[q] - base[q] for q in ("p50", "p90", "p99")}
+
+    def paired_p50(samples: Callable[[Result], list[float]]) -> dict[str, float | None]:
+        return spread(
+            [
+                percentile(samples(p[variant]), 0.5) - percentile(p["rooms"].latency_ms, 0.5)
+                for p in pairs
+                if samples(p[variant]) and p["rooms"].latency_ms
+            ]
+        )
+
+    servers = len(multi.get("by_server", []))
+    return {
+        "last_receiver": minus(multi["latency_ms"]),
+        "by_server": [minus(s["latency_ms"]) for s in multi.get("by_server", [])],
+        "p50_paired_by_round": {
+            "last_receiver": paired_p50(lambda r: r.latency_ms),
+            "by_server": [
+                paired_p50(
+                    lambda r, g=g: r.latency_ms_by_server[g] if r.latency_ms_by_server else []
+                )
+                for g in range(servers)
+            ],
+        },
+    }
+
+
+def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issues' targets (``TARGETS``) whose two variants ran: paired wall-clock ratios."""
+    checks = []
+    for variant, base, goal in TARGETS:
+        if variant not in summary or f"vs_{base}" not in summary[variant]:
+            continue
+        ratio = summary[variant][f"vs_{base}"]["wall"]
+        checks.append(
+            {
+                "variant": variant,
+                "over": base,
+                "at_least": goal,
+                "ratio": ratio,
+                "met": ratio["median"] is not None and ratio["median"] >= goal,
+            }
+        )
+    return checks
 
 
 def markdown(
     summary: dict[str, Any],
     results: list[Result],
     cfg: Settings,
-    target: dict[str, Any] | None = None,
+    targets: Sequence[dict[str, Any]] = (),
 ) -> str:
     def k(x: float | None) -> str:
         return "-" if x is None else f"{x / 1000:.1f} k"
@@ -842,15 +1239,69 @@ def markdown(
             f"| {ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['p99'])} / {ms(lat['max'])} "
             f"| {'yes' if s['all_delivered'] else 'NO'} |"
         )
-    if target:
+    for target in targets:
+        r = target["ratio"]
         lines += [
             "",
             f"Target: {target['variant']} >= {target['at_least']}x {target['over']} "
-            f"(deliveries/s, paired, median over rounds): **{target['ratio']['median']:.3f}** "
-            f"({target['ratio']['min']:.2f}-{target['ratio']['max']:.2f}) -> "
-            + ("met" if target["met"] else "**not met**")
+            f"(deliveries/s, paired, median over rounds): "
+            + (
+                "no paired round"
+                if r["median"] is None
+                else f"**{r['median']:.3f}** ({r['min']:.2f}-{r['max']:.2f}) -> "
+                + ("met" if target["met"] else "**not met**")
+            )
             + ("" if cfg.n == 1000 else f" (the target is stated for N=1000; this run N={cfg.n})"),
         ]
+    multi = [v for v in variants if "by_server" in summary[v] and summary[v]["rounds_ok"]]
+    if multi:
+        lines += [
+            "",
+            "Several processes over Redis, per process (server 0 runs the broadcasts); "
+            '"+Redis" is this latency minus rooms\' (single process, all members):',
+            "",
+            "| variant | process | last member got the burst's last message, ms (median) "
+            "| server CPU-s per burst (median) | last-receiver latency p50 / p90 / p99 / max ms "
+            "| +Redis p50 / p99 ms | +Redis p50 paired by round, median (min to max) ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v in multi:
+            s = summary[v]
+            added = s.get("redis_added_latency_ms")
+            paired_added = added["p50_paired_by_round"] if added else None
+            rows = [
+                (
+                    "all",
+                    s["latency_ms"],
+                    s["burst_ms"]["median"],
+                    s["server_cpu_seconds"]["median"],
+                    added and added["last_receiver"],
+                    paired_added and paired_added["last_receiver"],
+                )
+            ]
+            for i, srv in enumerate(s["by_server"]):
+                rows.append(
+                    (
+                        f"{srv['server']} ({srv['role']})",
+                        srv["latency_ms"],
+                        srv["burst_ms"]["median"],
+                        srv["server_cpu_seconds"]["median"],
+                        added and added["by_server"][i],
+                        paired_added and paired_added["by_server"][i],
+                    )
+                )
+            for name, lat, burst, cpu, plus, by_round in rows:
+                lines.append(
+                    f"| {v} | {name} | {'-' if burst is None else f'{burst:.0f}'} "
+                    f"| {'-' if cpu is None else f'{cpu:.3f}'} "
+                    f"| {ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['p99'])} / {ms(lat['max'])} "
+                    f"| {signed(plus, 'p50')} / {signed(plus, 'p99')} "
+                    f"| {signed(by_round, 'median')} ({signed(by_round, 'min')} to "
+                    f"{signed(by_round, 'max')}) |"
+                )
+            rc = s["redis_cpu_seconds_per_burst"]["median"]
+            if rc is not None:
+                lines.append(f"| {v} | Redis server | - | {rc:.3f} | - | - | - |")
     lines += ["", "Per round, deliveries/s (load average at the start of each measurement):", ""]
     lines.append("| round | " + " | ".join(variants) + " |")
     lines.append("|---|" + "---|" * len(variants))
@@ -906,6 +1357,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to cores")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/)")
+    p.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help="Redis for rooms-redis-2w (default $REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -976,7 +1432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = min(hard, max(soft, len(args.variants) * (args.n + 1) + 256))
+        want = min(hard, max(soft, len(args.variants) * (args.n + 2) + 256))
         if want > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     client = make_client(args.client)
@@ -995,7 +1451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return loop.run_until_complete(asyncio.wait_for(coro, budget))
 
     results: list[Result] = []
-    sessions: dict[str, tuple[Server, Session]] = {}
+    sessions: dict[str, tuple[list[Server], Session]] = {}
+    redis = Redis(args.redis_url) if set(args.variants) & REDIS_VARIANTS else None
+    redis_keys_left: list[str] | None = None
     failed_open: dict[str, str] = {}
     server_stats: dict[str, Any] = {}
     server_info: dict[str, Any] = {}
@@ -1016,34 +1474,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     interrupted = False
     try:
-        for variant in args.variants:
+        if redis is not None:
             try:
-                server = Server(variant, args.server_cpu if pin else None, log_dir, cfg.n)
+                redis.check()
+            except Exception as exc:
+                for variant in REDIS_VARIANTS & set(args.variants):
+                    failed_open[variant] = f"Redis at {redact(redis.url)}: {exc!r}"
+                    print(f"  {variant}: {failed_open[variant]}", file=sys.stderr)
+        for variant in args.variants:
+            if variant in failed_open:
+                continue
+            servers: list[Server] = []
+            env = (
+                {"FANOUT_REDIS_URL": redis.url, "FANOUT_REDIS_PREFIX": redis.prefix}
+                if redis is not None and variant in REDIS_VARIANTS
+                else None
+            )
+            try:
+                for _ in range(WORKERS.get(variant, 1)):
+                    cpu = args.server_cpu if pin else None
+                    servers.append(Server(variant, cpu, log_dir, cfg.n, env))
             except Exception as exc:
                 failed_open[variant] = f"{type(exc).__name__}: {exc}"
                 print(f"  {variant}: server failed: {failed_open[variant]}", file=sys.stderr)
+                for server in servers:
+                    server.stop()
                 continue
-            session = Session(variant, server.port, cfg, client)
-            sessions[variant] = (server, session)
+            session = Session(
+                variant,
+                [server.port for server in servers],
+                cfg,
+                client,
+                redis.pid if redis is not None and variant in REDIS_VARIANTS else None,
+                (args.server_cpu, args.client_cpu) if pin else None,
+            )
+            sessions[variant] = (servers, session)
             try:
                 run(session.open(), 60 + cfg.n / 50 + phase_budget(cfg.n * cfg.warmup))
             except (Exception, asyncio.CancelledError) as exc:
                 failed_open[variant] = f"{type(exc).__name__}: {exc}"
                 print(f"  {variant}: setup failed: {failed_open[variant]}", file=sys.stderr)
-                print(server.log(), file=sys.stderr)
+                for server in servers:
+                    print(server.log(), file=sys.stderr)
                 drop(run, sessions, variant)
                 continue
-            server_info[variant] = {
-                "kind": server.kind,
-                "pid": server.pid,
-                "parent_pid": server.proc.pid if server.pid != server.proc.pid else None,
-                "threads": server.threads(),
-                "cpus": server.affinity(),
-            }
+            infos = [server.info() for server in servers]
+            server_info[variant] = dict(infos[0])
+            if len(infos) > 1:
+                server_info[variant]["servers"] = infos
             print(
                 f"  {variant:18s} {cfg.n} members in {session.connect_seconds:.1f} s  "
-                f"(serving pid {server.pid}, {server_info[variant]['threads']} threads, "
-                f"cpus {server_info[variant]['cpus']})",
+                + "; ".join(
+                    f"(serving pid {i['pid']}, {i['threads']} threads, cpus {i['cpus']})"
+                    for i in infos
+                ),
                 file=sys.stderr,
             )
 
@@ -1061,19 +1545,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if variant not in sessions:
                     result.error = failed_open.get(variant, "session lost in an earlier round")
                     continue
-                server, session = sessions[variant]
+                servers, session = sessions[variant]
                 try:
-                    run(session.measure(result, server.pid), budget)
+                    run(session.measure(result, [server.pid for server in servers]), budget)
                 except (Exception, asyncio.CancelledError) as exc:
                     result.error = f"{type(exc).__name__}: {exc}"
                     print(f"  round {rnd} {variant}: ERROR {result.error}", file=sys.stderr)
-                    print(server.log(), file=sys.stderr)
+                    for server in servers:
+                        print(server.log(), file=sys.stderr)
                     drop(run, sessions, variant)
                     continue
                 print_result(result)
-        for variant, (_server, session) in sessions.items():
+        for variant, (servers, session) in sessions.items():
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 server_stats[variant] = run(session.stats(), 15)
+            if len(servers) > 1 and variant in server_stats:
+                # Each process's own GET /stats (the rooms router's), backend section included.
+                for server, entry in zip(servers, server_stats[variant]["servers"], strict=True):
+                    entry["port"], entry["pid"] = server.port, server.pid
+                    try:
+                        entry["stats"] = run(
+                            loop.run_in_executor(None, http_json, server.port, "/stats"), 15
+                        )
+                    except (Exception, asyncio.CancelledError) as exc:
+                        entry["stats"] = {"error": f"{type(exc).__name__}: {exc}"}
     except KeyboardInterrupt:
         interrupted = True
         cancel_pending(loop)
@@ -1084,12 +1579,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(BaseException):
             loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        if redis is not None and "version" in redis.info:
+            # The servers deleted their directory keys as they stopped; anything left is a leak.
+            try:
+                redis_keys_left = redis.keys_left()
+                if redis_keys_left:
+                    print(
+                        f"error: {len(redis_keys_left)} Redis key(s) left under "
+                        f"{redis.prefix!r} after the servers stopped (deleting them): "
+                        f"{redis_keys_left[:5]}",
+                        file=sys.stderr,
+                    )
+                    redis.delete(redis_keys_left)
+            except Exception as exc:
+                print(f"warning: could not check Redis keys: {exc!r}", file=sys.stderr)
     if interrupted:
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
 
     summary = summarize(results, args.variants)
-    target = target_check(summary)
+    targets = target_checks(summary)
+    target = next((t for t in targets if t["variant"] == TARGETS[0][0]), None)
     report = {
         "benchmark": "fanout",
         "time": datetime.now(timezone.utc).isoformat(),
@@ -1097,7 +1607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "method": {
             "server": "one server process per variant for the whole run, variants alternate "
             "within each round",
-            "servers": {v: SERVER_COMMANDS[VARIANTS[v][0]] for v in args.variants},
+            "servers": {v: server_command_text(v) for v in args.variants},
             "server_cpu_time": "whole serving process (all threads; Granian: its worker)",
             "client": f"{client.name} on {type(loop).__module__.split('.')[0]}",
             "pinned": (
@@ -1111,29 +1621,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "loadavg_1m_start": load_start,
             "loadavg_1m_end": loadavg(),
+            "fastapi_rooms": library_state(),
         },
         "wall_seconds": time.perf_counter() - started,
         "summary": summary,
-        "target": target,
+        "target": target,  # RSGI over rooms (kept for older readers of the record)
+        "targets": targets,
+        "redis": None if redis is None else {**redis.info, "keys_left": redis_keys_left},
         "server_stats": server_stats,
         "server_info": server_info,
         "results": [vars(r) for r in results],
     }
     out.write_text(json.dumps(report, indent=2))
-    print(markdown(summary, results, cfg, target))
+    print(markdown(summary, results, cfg, targets))
     print(f"\nJSON: {out}", file=sys.stderr)
     failed = [r for r in results if r.error or r.delivered != r.expected or r.mismatches]
-    return 1 if failed else 0
+    return 1 if failed or redis_keys_left else 0
 
 
 def drop(run: Callable[[Any, float], Any], sessions: dict[str, Any], variant: str) -> None:
-    """Close a variant's client connections, then stop its server (by PID)."""
-    server, session = sessions.pop(variant)
+    """Close a variant's client connections, then stop its servers (by PID)."""
+    servers, session = sessions.pop(variant)
     try:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             run(session.close(), 10)
     finally:
-        server.stop()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+def library_state() -> dict[str, Any]:
+    """The fastapi_rooms version, the git commit and whether its files differ from it."""
+    state: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        state["version"] = metadata.version("fastapi-rooms")
+    with contextlib.suppress(Exception):
+        state["commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        state["uncommitted"] = subprocess.run(
+            ["git", "status", "--porcelain", "--", "fastapi_rooms"],
+            cwd=ROOT, capture_output=True, text=True, timeout=10,
+        ).stdout.split("\n")  # fmt: skip
+        state["uncommitted"] = [line for line in state["uncommitted"] if line.strip()]
+    return state
 
 
 def loadavg() -> float | None:

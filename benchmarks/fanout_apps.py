@@ -16,12 +16,19 @@ with ``granian --interface rsgi``):
 - ``gather_app``: the same, with ``await asyncio.gather(*(ws.send_text(msg) for ws in members))``.
 - ``rooms_app``: fastapi_rooms: ``create_rooms_router``, handlers ``add_connection`` +
   ``join_room``, broadcasts ``await manager.broadcast_to_room(room, msg)``.
+- ``make_rooms_redis_app`` (an app factory: ``uvicorn --factory``): the same rooms app with
+  ``RoomManager(os.environ["FANOUT_REDIS_URL"], prefix=os.environ["FANOUT_REDIS_PREFIX"])``.
+  Several processes serve it at once (``rooms-redis-2w`` in benchmarks/fanout.py): a broadcast
+  reaches this process's members directly and the other processes' through Redis. A member is
+  told ``joined`` only after ``await manager.sync(room=...)``, once this process's subscription
+  to the room is live in Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -123,8 +130,8 @@ def _plain(concurrent: bool) -> FastAPI:
 # Rooms: fastapi_rooms --------------------------------------------------------------------------
 
 
-def _rooms() -> FastAPI:
-    manager = RoomManager()
+def _rooms(backend: str | None = None, prefix: str = "fastapi_rooms") -> FastAPI:
+    manager = RoomManager(backend, prefix=prefix)
     router = create_rooms_router(manager)
 
     @router.websocket("/members/{cid}")
@@ -133,6 +140,10 @@ def _rooms() -> FastAPI:
         manager.add_connection(cid, websocket)
         manager.join_room(cid, ROOM)
         try:
+            if backend is not None:
+                # The room is complete only once this process receives the room's messages
+                # from the other processes: wait until its subscription is live in Redis.
+                await manager.sync(10.0, room=ROOM)
             await websocket.send_text(JOINED)
             async for _ in websocket:
                 pass
@@ -151,6 +162,7 @@ def _rooms() -> FastAPI:
             "members": len(manager.get_room_connections(ROOM)),
             **{k: s[k] for k in ("messages_delivered", "messages_dropped", "buffered")},
             "slow_consumer_closes": s["slow_consumer_closes"],
+            "backend": s["backend"],
         }
 
     _add_control(app, broadcast, stats)
@@ -161,3 +173,12 @@ plain_app = _plain(concurrent=False)
 gather_app = _plain(concurrent=True)
 rooms_app = _rooms()
 rooms_rsgi_app = RSGIApp(rooms_app)  # each server is its own process: no state is shared
+
+
+def make_rooms_redis_app() -> FastAPI:
+    """The rooms app over Redis (``uvicorn --factory fanout_apps:make_rooms_redis_app``).
+
+    ``FANOUT_REDIS_URL`` and ``FANOUT_REDIS_PREFIX`` (unique per benchmark run, so runs never
+    share channels or directory keys) come from benchmarks/fanout.py.
+    """
+    return _rooms(os.environ["FANOUT_REDIS_URL"], os.environ["FANOUT_REDIS_PREFIX"])
