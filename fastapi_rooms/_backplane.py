@@ -13,7 +13,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = ["Backplane", "Envelope", "decode", "encode"]
 _log = logging.getLogger("fastapi_rooms.backplane")
 
 _MAGIC = b"FR1"
+_FIRST = asyncio.FIRST_COMPLETED
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,12 @@ def decode(payload: bytes) -> Envelope:
     return Envelope(origin, kind, target, tuple(exclude), data)
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a finished helper task's outcome as seen (its failure was already handled)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("backplane helper task ended with %r", task.exception())
+
+
 class Backplane:
     """Runs one node's side of the backend: listener, subscriptions, directory heartbeat."""
 
@@ -105,6 +113,7 @@ class Backplane:
         deliver: Callable[[Envelope], None],
         directory_ttl: float = 30.0,
         publish_timeout: float = 1.0,
+        max_pending: int = 10_000,
         backoff: tuple[float, float] = (0.1, 5.0),
     ) -> None:
         self.backend = backend
@@ -113,24 +122,38 @@ class Backplane:
         self._deliver = deliver
         self.directory_ttl = directory_ttl
         self.publish_timeout = publish_timeout
+        self.max_pending = max_pending
         self._backoff = backoff
+        # Outgoing envelopes wait here in publish order; one writer sends them in batches.
+        self._pending: deque[tuple[str, bytes, asyncio.Future[int] | None]] = deque()
+        self._pending_event = asyncio.Event()
+        self._flushed = asyncio.Event()  # set while nothing is queued or being written
+        self._flushed.set()
+        self._writer_idle = False
+        many: Callable[[Sequence[tuple[str, bytes]]], Awaitable[list[int]]] | None
+        many = getattr(backend, "publish_many", None)
+        self._publish_many = many
         self.all_channel = f"{prefix}:all"
-        self.node_channel = f"{prefix}:node:{node}"
+        self.node_channel = self.node_channel_of(node)
         self._wanted: set[str] = {self.all_channel, self.node_channel}
         self._active: set[str] = set()
+        self._subscribe_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._changed = asyncio.Event()
         self._local_ids: set[str] = set()
         self._register: set[str] = set()
         self._unregister: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
+        self._stopping = asyncio.Event()
         self.connected = False
         self.ready = asyncio.Event()  # set while connected and subscriptions are in sync
+        self.down = asyncio.Event()  # set from a lost connection until the next connect
         self.reconnects = 0
         self.last_error: str | None = None
         self.messages_in = 0
         self.messages_out = 0
         self.publish_errors = 0
+        self.publish_dropped = 0
         self.malformed = 0
         self.deliver_errors = 0
 
@@ -138,6 +161,9 @@ class Backplane:
 
     def room_channel(self, room: str) -> str:
         return f"{self.prefix}:room:{room}"
+
+    def node_channel_of(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}"
 
     def want(self, channel: str) -> None:
         self._wanted.add(channel)
@@ -167,24 +193,46 @@ class Backplane:
         """Wait until the backend's subscriptions and directory match local state."""
         await asyncio.wait_for(self.ready.wait(), timeout)
 
+    async def subscribed(self, channel: str, timeout: float) -> None:
+        """Wait until ``channel`` is subscribed on the backend (if it is still wanted)."""
+        if channel in self._active or channel not in self._wanted:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._subscribe_waiters.setdefault(channel, []).append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        finally:
+            waiters = self._subscribe_waiters.get(channel)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._subscribe_waiters[channel]
+
     # Lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._running = True
+        self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(), name=f"fastapi_rooms backplane {self.node}")]
 
     async def stop(self) -> None:
+        """Stop the loop, clear this node's directory entries and disconnect.
+
+        The loop is asked to return rather than cancelled: redis-py can swallow a cancellation
+        that lands inside a command, which would leave the loop running.
+        """
         self._running = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                _log.exception("backplane task failed while stopping")
+        self._stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=3 * self.publish_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=self.publish_timeout)
+            for task in self._tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    _log.error("backplane task failed while stopping: %r", task.exception())
         self._tasks = []
         if self.connected and self._local_ids:
             try:
@@ -194,9 +242,10 @@ class Backplane:
             except Exception as exc:
                 _log.warning("could not clear the connection directory at shutdown: %r", exc)
         try:
-            await self.backend.disconnect()
+            await asyncio.wait_for(self.backend.disconnect(), self.publish_timeout)
         except Exception as exc:
             _log.warning("backend disconnect failed: %r", exc)
+        self._drop_pending("the backplane stopped")
         self.connected = False
         self.ready.clear()
 
@@ -211,6 +260,7 @@ class Backplane:
                 self._register |= self._local_ids  # the directory may have expired meanwhile
                 await self._reconcile()
                 self.connected = True
+                self.down.clear()
                 if down_since is not None:
                     _log.warning(
                         "backend %r reconnected after %.1fs; %d channel(s) resubscribed",
@@ -226,6 +276,7 @@ class Backplane:
             except Exception as exc:
                 self.connected = False
                 self.ready.clear()
+                self.down.set()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if down_since is None:
                     down_since = time.monotonic()
@@ -237,33 +288,53 @@ class Backplane:
                     await self.backend.disconnect()
                 except Exception as disconnect_exc:
                     _log.debug("disconnect after failure: %r", disconnect_exc)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay * (0.5 + random.random()))
                 delay = min(delay * 2, self._backoff[1])
 
     async def _serve(self) -> None:
         """Listen and keep subscriptions and the directory in sync until something fails."""
-        listener = asyncio.get_running_loop().create_task(self._listen())
+        loop = asyncio.get_running_loop()
+        listener = loop.create_task(self._listen())
+        writer = loop.create_task(self._write())
+        stopping = loop.create_task(self._stopping.wait())
         try:
             heartbeat_at = time.monotonic() + self.directory_ttl / 3
             while True:
                 timeout = max(0.0, heartbeat_at - time.monotonic())
                 waiter = asyncio.ensure_future(self._changed.wait())
                 done, _ = await asyncio.wait(
-                    {listener, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    {listener, writer, waiter, stopping},
+                    timeout=timeout,
+                    return_when=_FIRST,
                 )
                 waiter.cancel()
-                if listener in done:
-                    listener.result()  # raises what broke the listener
-                    raise ConnectionError("backend listener ended")
+                if stopping in done:
+                    # Let what was published before the stop leave, within the usual bound.
+                    flushed = loop.create_task(self._flushed.wait())
+                    await asyncio.wait(
+                        {flushed, writer}, timeout=self.publish_timeout, return_when=_FIRST
+                    )
+                    flushed.cancel()
+                    return
+                for task in (listener, writer):
+                    if task in done:
+                        task.result()  # raises what broke it
+                        raise ConnectionError("backend listener or writer ended")
                 if time.monotonic() >= heartbeat_at:
                     self._register |= self._local_ids
                     heartbeat_at = time.monotonic() + self.directory_ttl / 3
                 await self._reconcile()
         finally:
-            listener.cancel()
-            # What broke the listener was raised above, or the loop is being cancelled.
-            with contextlib.suppress(BaseException):
-                await listener
+            helpers: tuple[asyncio.Task[Any], ...] = (listener, writer, stopping)
+            for helper in helpers:
+                helper.cancel()
+            # What broke them was raised above; the disconnect that follows ends any straggler.
+            await asyncio.wait(helpers, timeout=self.publish_timeout)
+            for helper in helpers:
+                helper.add_done_callback(_retrieve)
+            if self._running:
+                self._drop_pending("the backend connection was lost")
 
     async def _reconcile(self) -> None:
         self._changed.clear()
@@ -271,6 +342,9 @@ class Backplane:
         for channel in sorted(self._wanted - self._active):
             await backend.subscribe(channel)
             self._active.add(channel)
+            for future in self._subscribe_waiters.pop(channel, ()):
+                if not future.done():
+                    future.set_result(None)
         for channel in sorted(self._active - self._wanted):
             await backend.unsubscribe(channel)
             self._active.discard(channel)
@@ -302,25 +376,106 @@ class Backplane:
 
     # Publishing ----------------------------------------------------------------------------
 
-    async def publish(self, channel: str, envelope: Envelope) -> int:
-        """Publish, failing fast: skipped while disconnected, bounded by publish_timeout."""
-        if not self.connected:
-            self.publish_errors += 1
-            _log.warning(
-                "backend down (%s): %s not published to other nodes", self.last_error, envelope.kind
-            )
+    async def publish(self, channel: str, envelope: Envelope) -> None:
+        """Queue ``envelope`` for ``channel``; envelopes leave in the order they were queued.
+
+        Never waits on the backend: while it is down (or ``max_pending`` envelopes are queued)
+        the envelope is dropped, logged and counted. When the writer is idle, yield once so it
+        sends now instead of after the caller's burst (other nodes then deliver in parallel);
+        while it is busy, envelopes gather into its next batch.
+        """
+        if self._enqueue(channel, envelope, None) and self._writer_idle:
+            self._writer_idle = False
+            await asyncio.sleep(0)
+
+    async def publish_wait(self, channel: str, envelope: Envelope) -> int:
+        """Queue ``envelope`` and wait (at most ``publish_timeout``) for its receiver count."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if not self._enqueue(channel, envelope, future):
             return 0
         try:
-            receivers = await asyncio.wait_for(
-                self.backend.publish(channel, encode(envelope)), self.publish_timeout
-            )
-        except Exception as exc:
-            self.publish_errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            _log.error("publish to %s failed: %s", channel, self.last_error)
+            return await asyncio.wait_for(asyncio.shield(future), self.publish_timeout)
+        except asyncio.TimeoutError:
+            _log.error("publish to %s not confirmed within %.1fs", channel, self.publish_timeout)
             return 0
-        self.messages_out += 1
-        return receivers
+
+    def _enqueue(
+        self, channel: str, envelope: Envelope, future: asyncio.Future[int] | None
+    ) -> bool:
+        if not self.connected:
+            self.publish_dropped += 1
+            _log.warning(
+                "backend down (%s): %s message for %s not sent to other nodes (%d so far)",
+                self.last_error,
+                envelope.kind,
+                channel,
+                self.publish_dropped,
+            )
+            return False
+        if len(self._pending) >= self.max_pending:
+            self.publish_dropped += 1
+            _log.error(
+                "%d envelopes waiting for the backend: %s message for %s dropped",
+                len(self._pending),
+                envelope.kind,
+                channel,
+            )
+            return False
+        self._pending.append((channel, encode(envelope), future))
+        self._pending_event.set()
+        self._flushed.clear()
+        return True
+
+    async def _write(self) -> None:
+        """The one writer: send queued envelopes in order, many per round trip when possible."""
+        pending = self._pending
+        while True:
+            self._writer_idle = True
+            await self._pending_event.wait()
+            self._writer_idle = False
+            self._pending_event.clear()
+            while pending:
+                batch = list(pending)
+                pending.clear()
+                items = [(channel, payload) for channel, payload, _ in batch]
+                try:
+                    if self._publish_many is not None:
+                        counts = await asyncio.wait_for(
+                            self._publish_many(items), self.publish_timeout
+                        )
+                    else:
+                        counts = []
+                        for channel, payload in items:
+                            counts.append(
+                                await asyncio.wait_for(
+                                    self.backend.publish(channel, payload), self.publish_timeout
+                                )
+                            )
+                except Exception as exc:
+                    self.publish_errors += 1
+                    self.publish_dropped += len(batch)
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    _log.error("publishing %d envelope(s) failed: %s", len(batch), self.last_error)
+                    for _, _, future in batch:
+                        if future is not None and not future.done():
+                            future.set_result(0)
+                    raise
+                self.messages_out += len(batch)
+                for (_, _, future), count in zip(batch, counts, strict=True):
+                    if future is not None and not future.done():
+                        future.set_result(count)
+            self._flushed.set()
+
+    def _drop_pending(self, why: str) -> None:
+        if not self._pending:
+            return
+        self.publish_dropped += len(self._pending)
+        _log.error("%s: %d queued envelope(s) dropped", why, len(self._pending))
+        for _, _, future in self._pending:
+            if future is not None and not future.done():
+                future.set_result(0)
+        self._pending.clear()
+        self._flushed.set()
 
     async def locate(self, connection_id: str) -> str | None:
         if not self.connected:
@@ -345,6 +500,8 @@ class Backplane:
             "messages_in": self.messages_in,
             "messages_out": self.messages_out,
             "publish_errors": self.publish_errors,
+            "publish_dropped": self.publish_dropped,
+            "pending": len(self._pending),
             "malformed_envelopes": self.malformed,
             "deliver_errors": self.deliver_errors,
         }

@@ -274,24 +274,17 @@ class RoomManager:
         node = await backplane.locate(connection_id)
         if node is None or node == self.node_id:
             return False
-        return await self._publish("conn", connection_id, frame, None, node=node) > 0
+        envelope = Envelope(self.node_id, "conn", connection_id, (), frame.data)
+        return await backplane.publish_wait(backplane.node_channel_of(node), envelope) > 0
 
-    async def _publish(
-        self, kind: str, target: str, frame: Frame, exclude: Exclude, node: str | None = None
-    ) -> int:
+    async def _publish(self, kind: str, target: str, frame: Frame, exclude: Exclude) -> None:
         backplane = self.backplane
         assert backplane is not None
         skip: tuple[str, ...] = ()
         if exclude is not None:
             skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-        if kind == "room":
-            channel = backplane.room_channel(target)
-        elif kind == "all":
-            channel = backplane.all_channel
-        else:
-            channel = f"{backplane.prefix}:node:{node}"
-        envelope = Envelope(self.node_id, kind, target, skip, frame.data)
-        return await backplane.publish(channel, envelope)
+        channel = backplane.room_channel(target) if kind == "room" else backplane.all_channel
+        await backplane.publish(channel, Envelope(self.node_id, kind, target, skip, frame.data))
 
     def _deliver_remote(self, envelope: Envelope) -> None:
         """An envelope from another node: deliver to the local connections it names."""
@@ -330,14 +323,20 @@ class RoomManager:
         if self.backplane is not None:
             await self.backplane.start()
 
-    async def sync(self, timeout: float = 5.0) -> None:
-        """Wait until the backend's subscriptions and directory reflect local joins and leaves.
+    async def sync(self, timeout: float = 5.0, *, room: str | None = None) -> None:
+        """Wait until the backend reflects local joins and leaves (TimeoutError otherwise).
 
         Joins take effect on the backend in the background; call this when a message from
-        another node must not be missed right after a join (tests, hand-offs).
+        another node must not be missed right after a join. With ``room``, wait only until
+        that room's channel is subscribed. Returns at once without a backend.
         """
-        if self.backplane is not None:
-            await self.backplane.sync(timeout)
+        backplane = self.backplane
+        if backplane is None:
+            return
+        if room is None:
+            await backplane.sync(timeout)
+        else:
+            await backplane.subscribed(backplane.room_channel(room), timeout)
 
     def _track(self, ws: WebSocket) -> None:
         """A router handler started serving ``ws``."""

@@ -8,6 +8,7 @@ Server to client: ``welcome`` (with ``connection_id``), ``joined``, ``left``, ``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -99,6 +100,12 @@ async def _handle(
 ) -> None:
     if isinstance(request, Join):
         manager.join_room(connection_id, request.room)
+        if manager.backplane is not None and manager.backplane.connected:
+            # "joined" then means messages from every node reach this connection.
+            try:
+                await manager.sync(manager.backplane.publish_timeout, room=request.room)
+            except asyncio.TimeoutError:
+                _log.warning("room %r not yet subscribed on the backend", request.room)
         await websocket.send_text(json.dumps({"type": "joined", "room": request.room}))
     elif isinstance(request, Leave):
         manager.leave_room(connection_id, request.room)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 __all__ = ["MemoryBackend", "MemoryBroker"]
 
@@ -27,6 +27,7 @@ class MemoryBackend:
         self.connected = False
 
     async def connect(self) -> None:
+        self._queue = asyncio.Queue()
         self.connected = True
 
     async def disconnect(self) -> None:
@@ -54,6 +55,9 @@ class MemoryBackend:
         for backend in targets:
             backend._queue.put_nowait((channel, payload))
         return len(targets)
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        return [await self.publish(channel, payload) for channel, payload in items]
 
     async def listen(self) -> AsyncIterator[tuple[str, bytes]]:
         while True:
