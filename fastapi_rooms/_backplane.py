@@ -494,6 +494,7 @@ class Backplane:
             "backend": repr(self.backend),
             "node": self.node,
             "connected": self.connected,
+            "in_sync": self.ready.is_set(),
             "reconnects": self.reconnects,
             "last_error": self.last_error,
             "channels": len(self._active),

@@ -73,7 +73,9 @@ async def serve_protocol(websocket: WebSocket, manager: RoomManager) -> None:
     connection_id = uuid.uuid4().hex
     manager.add_connection(connection_id, websocket)
     try:
-        await websocket.send_text(json.dumps({"type": "welcome", "connection_id": connection_id}))
+        await websocket.send_text(
+            json.dumps({"type": "welcome", "connection_id": connection_id, "node": manager.node_id})
+        )
         async for message in websocket:
             if message.type != "text":
                 await websocket.send_text(

@@ -48,12 +48,18 @@ class SendBody(BaseModel):
 
 class BroadcastResult(BaseModel):
     status: Literal["broadcasted"] = "broadcasted"
-    connections: int = Field(description="Connections the message was handed to.")
+    connections: int = Field(
+        description="Connections on this node the message was handed to (with a backend, "
+        "other nodes deliver to theirs and are not counted)."
+    )
 
 
 class RoomBroadcastResult(BaseModel):
     status: Literal["sent"] = "sent"
-    room_connections: int = Field(description="Members of the room the message was handed to.")
+    room_connections: int = Field(
+        description="Members on this node the message was handed to (with a backend, "
+        "members on other nodes are not counted)."
+    )
 
 
 class SendResult(BaseModel):

@@ -2,7 +2,7 @@
 
 Every variant runs, the uvicorn ones and, when Granian is installed, fastapi_rooms under
 ``granian --interface rsgi`` (``RSGIApp``) and ``--interface asgi``; with a Redis at
-``$REDIS_URL`` (default redis://127.0.0.1:6379/0), ``rooms-redis-2w`` against ``rooms``.
+the suite's Redis (``$REDIS_URL``, or a redis-server it starts), ``rooms-redis-2w`` against ``rooms``.
 Correctness only: no timing is asserted (numbers from a smoke run mean nothing).
 """
 
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "fanout.py"
@@ -72,29 +71,14 @@ def test_fanout_quick_delivers_everything(client: str, tmp_path: Path) -> None:
         assert report["target"]["over"] == "rooms"
 
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _redis_client() -> Any:
-    redis = pytest.importorskip("redis", reason="the redis extra is not installed")
-    return redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-
-
-def test_fanout_quick_two_workers_over_redis(tmp_path: Path) -> None:
+def test_fanout_quick_two_workers_over_redis(tmp_path: Path, redis_url: str) -> None:
     """rooms-redis-2w: two uvicorn processes share the room through Redis, half the members on
     each; every member gets every message in order, both servers' stats are in the record, and
     the run leaves no key under its prefix."""
-    client = _redis_client()
-    try:
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc!r}")
-    finally:
-        client.close()
     out = tmp_path / "fanout.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--n", str(N), "--messages", str(MESSAGES),
-         "--rounds", "1", "--no-pin", "--out", str(out), "--redis-url", REDIS_URL,
+         "--rounds", "1", "--no-pin", "--out", str(out), "--redis-url", redis_url,
          "--variants", "rooms,rooms-redis-2w"],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
     )  # fmt: skip
@@ -149,7 +133,7 @@ def test_fanout_quick_two_workers_over_redis(tmp_path: Path) -> None:
     prefix = report["redis"]["prefix"]
     assert prefix.startswith("frbench-")
     assert report["redis"]["keys_left"] == []
-    client = _redis_client()
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     try:
         assert client.keys(f"{prefix}*") == []  # the servers deleted their directory keys
     finally:
