@@ -24,13 +24,6 @@ from fastapi_rooms import RoomManager, create_rooms_router, get_manager
 
 STATIC = Path(__file__).resolve().parent / "static"
 
-rooms = create_rooms_router(prefix="/api")  # ready endpoint /api/ws, REST under /api
-
-app = FastAPI(title="fastapi-rooms chat example")
-app.include_router(rooms)
-app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-
 class Announcement(BaseModel):
     text: str = Field(min_length=1, max_length=2000, description="Shown to every client.")
 
@@ -39,15 +32,28 @@ class AnnounceResult(BaseModel):
     delivered: int = Field(description="Connections the announcement was handed to.")
 
 
-@app.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-@app.post("/api/announce", tags=["chat"])
 async def announce(
     body: Announcement, manager: Annotated[RoomManager, Depends(get_manager)]
 ) -> AnnounceResult:
     """Send an announcement to every connected client, in a room or not."""
     delivered = await manager.broadcast_to_all({"type": "announcement", "text": body.text})
     return AnnounceResult(delivered=delivered)
+
+
+def build_app(manager: RoomManager | None = None) -> FastAPI:
+    """The chat app; ``manager`` defaults to a new in-process one (examples/multiworker passes
+    a Redis-backed one)."""
+    app = FastAPI(title="fastapi-rooms chat example")
+    # ready endpoint /api/ws, REST under /api
+    app.include_router(create_rooms_router(manager, prefix="/api"))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.get("/", include_in_schema=False)(index)
+    app.post("/api/announce", tags=["chat"])(announce)
+    return app
+
+
+app = build_app()

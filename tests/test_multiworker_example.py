@@ -1,0 +1,66 @@
+"""examples/multiworker under ``uvicorn --workers 3`` with the suite's Redis: one chat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.anyio
+
+
+async def next_event(ws: ClientConnection, type_: str) -> dict[str, Any]:
+    async def wait() -> dict[str, Any]:
+        while True:
+            event = json.loads(await ws.recv())
+            if event["type"] == type_:
+                return dict(event)
+
+    return await asyncio.wait_for(wait(), 10)
+
+
+async def test_rooms_and_announcements_span_uvicorn_workers(
+    serve: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
+    server = serve(
+        "uvicorn",
+        "examples.multiworker.app:app",
+        {"PYTHONPATH": str(ROOT), "REDIS_URL": redis_url, "ROOMS_PREFIX": redis_prefix},
+        "--workers", "3",
+    )  # fmt: skip
+    async with AsyncExitStack() as stack:
+        members: list[tuple[ClientConnection, str]] = []
+        nodes: set[str] = set()
+        # The kernel spreads connections over the workers; open until two or more are used.
+        for _ in range(60):
+            ws = await stack.enter_async_context(connect(f"{server.ws}/api/ws", open_timeout=10))
+            welcome = await next_event(ws, "welcome")
+            await ws.send(json.dumps({"type": "join", "room": "lobby"}))
+            await next_event(ws, "joined")
+            members.append((ws, welcome["node"]))
+            nodes.add(welcome["node"])
+            if len(members) >= 8 and len(nodes) >= 2:
+                break
+        assert len(nodes) >= 2, f"every connection landed on one worker: {nodes}"
+
+        sender = members[0][0]
+        await sender.send(json.dumps({"type": "publish", "room": "lobby", "data": "hello all"}))
+        for ws, node in members:
+            event = await next_event(ws, "message")
+            assert event["data"] == "hello all", node
+
+        async with httpx.AsyncClient(base_url=server.http, timeout=10) as client:
+            response = await client.post("/api/announce", json={"text": "from one worker"})
+        assert response.status_code == 200
+        for ws, node in members:
+            event = await next_event(ws, "announcement")
+            assert event["text"] == "from one worker", node
