@@ -2,8 +2,8 @@
 
 Client to server: ``{"type": "join", "room": R}``, ``{"type": "leave", "room": R}``,
 ``{"type": "publish", "room": R, "data": ANY, "exclude_self": false}``, ``{"type": "ping"}``.
-Server to client: ``welcome`` (with ``connection_id`` and ``node``), ``joined``, ``left``, ``message``
-(``room``, ``from``, ``data``), ``pong`` and ``error`` (``code``, ``message``).
+Server to client: ``welcome`` (with ``connection_id`` and ``node``), ``joined``, ``left``,
+``message`` (``room``, ``from``, ``data``), ``pong`` and ``error`` (``code``, ``message``).
 """
 
 from __future__ import annotations
