@@ -84,8 +84,12 @@ class App(FastAPI):
 
 app = App(title="Gobstopper's WebSocket guide on fastapi-rooms")
 
-# Create global manager instance
-websocket_manager = WebSocketManager()
+# Create global manager instance. ROOMS_BACKEND=redis://... shares rooms across workers
+# (every broadcast pattern below then spans them; see docs/scaling.md).
+websocket_manager = WebSocketManager(
+    os.environ.get("ROOMS_BACKEND") or None,
+    prefix=os.environ.get("ROOMS_PREFIX", "gobstopper_guide"),
+)
 rooms = create_rooms_router(websocket_manager)
 
 Manager = Annotated[RoomManager, Depends(get_manager)]

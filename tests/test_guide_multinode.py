@@ -1,0 +1,118 @@
+"""The guide's broadcast patterns across processes: the guide app on uvicorn and on granian-rsgi,
+sharing rooms through Redis (``ROOMS_BACKEND``), each client on one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Server, start_server
+from tests.test_guide import (
+    guide_app,
+    guide_env,
+    http,
+    open_ws,
+    recv_event,
+    recv_json,
+    send_json,
+    unique,
+)
+from tests.test_multinode import wait_stats
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server]]:
+    prefix = f"frtest-guide-{unique('p')}"
+    tmp = tmp_path_factory.mktemp("guide-nodes")
+    env = guide_env(ROOMS_BACKEND=redis_url, ROOMS_PREFIX=prefix)
+    first = start_server("uvicorn", guide_app("uvicorn"), tmp, env)
+    try:
+        second = start_server("granian-rsgi", guide_app("granian-rsgi"), tmp, env)
+    except BaseException:
+        first.stop()
+        raise
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def in_sync(*servers: Server) -> None:
+    """The guide's handlers join rooms without waiting for Redis: wait until every join has
+    reached it (the ready endpoint does this itself)."""
+    for server in servers:
+        await wait_stats(server, lambda s: s["connected"] and s["in_sync"])
+
+
+async def test_chat_rooms_across_processes(nodes: tuple[Server, Server]) -> None:
+    one, two = nodes
+    room, other = unique("room"), unique("other")
+    async with (
+        open_ws(one, "/ws/chat") as alice,
+        open_ws(two, "/ws/chat") as bob,
+        open_ws(two, "/ws/chat") as carol,
+    ):
+        for ws, name in ((alice, room), (bob, room), (carol, other)):
+            await send_json(ws, {"type": "join_room", "room": name})
+            assert await recv_json(ws) == {"type": "joined", "room": name}
+        await in_sync(one, two)
+        await send_json(bob, {"type": "chat_message", "room": room, "user": "bob", "message": "hi"})
+        for ws in (alice, bob):
+            assert await recv_event(ws) == {"type": "message", "user": "bob", "message": "hi"}
+        await send_json(
+            alice, {"type": "chat_message", "room": other, "user": "a", "message": "sentinel"}
+        )
+        assert (await recv_json(carol))["message"] == "sentinel"  # nothing from the other room
+
+
+async def test_room_presence_and_chat_across_processes(nodes: tuple[Server, Server]) -> None:
+    # The guide's typing indicator loops over get_room_connections() and sends directly: those
+    # are this process's members only, so it stays per process (test_guide covers it there).
+    one, two = nodes
+    room = unique("room")
+    alice, bob = unique("alice"), unique("bob")
+    async with open_ws(one, f"/ws/rooms/{room}?token={alice}-token") as a:
+        assert (await recv_event(a))["type"] == "user_joined"
+        await in_sync(one)
+        async with open_ws(two, f"/ws/rooms/{room}?token={bob}-token") as b:
+            # Node two announces bob before its own subscription is live; alice, on node one,
+            # gets the announcement through Redis.
+            assert (await recv_json(a))["user_id"] == bob
+            assert (await recv_json(b))["user_id"] == bob
+            await in_sync(two)
+            await send_json(a, {"type": "chat", "content": "hello bob"})
+            for ws in (a, b):
+                event = await recv_event(ws)
+                assert (event["type"], event["user_id"], event["message"]) == (
+                    "message", alice, "hello bob"
+                )
+        left = await recv_event(a)
+        assert (left["type"], left["user_id"]) == ("user_left", bob)
+
+
+async def test_rest_notifications_from_either_process(nodes: tuple[Server, Server]) -> None:
+    one, two = nodes
+    room = unique("room")
+    async with (
+        http(two) as client,
+        open_ws(one, "/ws/chat") as a,
+        open_ws(two, "/ws/chat") as b,
+    ):
+        for ws in (a, b):
+            await send_json(ws, {"type": "join_room", "room": room})
+            assert (await recv_json(ws))["type"] == "joined"
+        await in_sync(one, two)
+        r = await client.post("/api/notify-room", json={"room_id": room, "message": "m"})
+        assert r.json() == {"status": "sent", "room_connections": 1}  # counts are per process
+        for ws in (a, b):
+            assert (await recv_event(ws))["type"] == "room_notification"
+        r = await client.post("/api/broadcast", json={"title": "T", "message": "everyone"})
+        assert r.status_code == 200
+        for ws in (a, b):
+            assert (await recv_event(ws))["message"] == "everyone"
