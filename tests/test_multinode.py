@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -332,3 +333,26 @@ async def test_redis_restart_local_delivery_goes_on_and_cross_node_resumes(
 def test_redis_cli_is_available() -> None:
     """The malformed-envelope test needs redis-cli; the suite must not skip it."""
     assert os.access(_redis_cli(), os.X_OK)
+
+
+async def test_sends_to_a_connection_on_a_killed_node_are_404(
+    redis_url: str, cluster: dict[str, Server], clients: Connect, tmp_path: Path, cluster_prefix: str
+) -> None:
+    doomed = _start_nodes(redis_url, cluster_prefix, tmp_path, {"d": "uvicorn"})["d"]
+    try:
+        client = await clients(doomed)
+        async with http(cluster["a"]) as rest:
+            ok = await rest.post(f"/connections/{client.id}/send", json={"message": "alive?"})
+            assert ok.status_code == 200
+            assert await asyncio.wait_for(client.ws.recv(), WAIT) == "alive?"
+            os.kill(doomed.proc.pid, signal.SIGKILL)  # no shutdown: its directory keys remain
+            doomed.proc.wait(WAIT)
+
+            async def refused() -> bool:
+                response = await rest.post(f"/connections/{client.id}/send", json={"message": "x"})
+                return response.status_code == 404
+
+            # Nobody listens on the dead node's channel any more: 404 long before the 30 s TTL.
+            await until(refused, timeout=WAIT)
+    finally:
+        doomed.stop()
