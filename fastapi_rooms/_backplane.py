@@ -30,7 +30,7 @@ _FIRST = asyncio.FIRST_COMPLETED
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One message between nodes: kind ``room`` / ``all`` / ``conn``, target, excluded ids."""
+    """One message between nodes: kind ``room``/``all``/``conn``/``user``, target, excluded ids."""
 
     origin: str
     kind: str
@@ -77,7 +77,7 @@ def decode(payload: bytes) -> Envelope:
     exclude = header.get("x", [])
     if (
         not isinstance(origin, str)
-        or kind not in ("room", "all", "conn")
+        or kind not in ("room", "all", "conn", "user")
         or not isinstance(target, str)
     ):
         raise ValueError(f"envelope header lacks a valid origin, kind or target: {header!r}")
@@ -142,6 +142,10 @@ class Backplane:
         self._local_ids: set[str] = set()
         self._register: set[str] = set()
         self._unregister: set[str] = set()
+        # Presence entries of local members: (room, connection id) -> info.
+        self._presence: dict[tuple[str, str], bytes] = {}
+        self._presence_set: dict[tuple[str, str], bytes] = {}
+        self._presence_del: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._stopping = asyncio.Event()
@@ -161,6 +165,9 @@ class Backplane:
 
     def room_channel(self, room: str) -> str:
         return f"{self.prefix}:room:{room}"
+
+    def user_channel(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{user_id}"
 
     def node_channel_of(self, node: str) -> str:
         return f"{self.prefix}:node:{node}"
@@ -184,6 +191,30 @@ class Backplane:
         self._register.discard(connection_id)
         self._unregister.add(connection_id)
         self._kick()
+
+    def presence_add(self, room: str, connection_id: str, info: bytes) -> None:
+        key = (room, connection_id)
+        self._presence[key] = self._presence_set[key] = info
+        self._presence_del.discard(key)
+        self._kick()
+
+    def presence_remove(self, room: str, connection_id: str) -> None:
+        key = (room, connection_id)
+        self._presence.pop(key, None)
+        self._presence_set.pop(key, None)
+        self._presence_del.add(key)
+        self._kick()
+
+    async def presence(self, room: str) -> dict[str, bytes]:
+        """Every node's presence entries for ``room``; empty (and logged) when unavailable."""
+        if not self.connected:
+            return {}
+        try:
+            return await asyncio.wait_for(self.backend.presence_get(room), self.publish_timeout)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            _log.error("reading presence of room %r failed: %s", room, self.last_error)
+            return {}
 
     def _kick(self) -> None:
         self.ready.clear()
@@ -234,13 +265,11 @@ class Backplane:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     _log.error("backplane task failed while stopping: %r", task.exception())
         self._tasks = []
-        if self.connected and self._local_ids:
+        if self.connected and (self._local_ids or self._presence):
             try:
-                await asyncio.wait_for(
-                    self.backend.unregister(self._local_ids, self.node), self.publish_timeout
-                )
+                await asyncio.wait_for(self._clear(), self.publish_timeout)
             except Exception as exc:
-                _log.warning("could not clear the connection directory at shutdown: %r", exc)
+                _log.warning("could not clear directory and presence at shutdown: %r", exc)
         try:
             await asyncio.wait_for(self.backend.disconnect(), self.publish_timeout)
         except Exception as exc:
@@ -248,6 +277,13 @@ class Backplane:
         self._drop_pending("the backplane stopped")
         self.connected = False
         self.ready.clear()
+
+    async def _clear(self) -> None:
+        """This node's directory and presence entries, removed at shutdown."""
+        if self._local_ids:
+            await self.backend.unregister(self._local_ids, self.node)
+        if self._presence:
+            await self.backend.presence_remove(sorted(self._presence))
 
     async def _run(self) -> None:
         """Connect, subscribe, listen; on failure back off (capped, jittered) and start over."""
@@ -258,6 +294,7 @@ class Backplane:
                 await self.backend.connect()
                 self._active = set()
                 self._register |= self._local_ids  # the directory may have expired meanwhile
+                self._presence_set.update(self._presence)
                 await self._reconcile()
                 self.connected = True
                 self.down.clear()
@@ -323,6 +360,7 @@ class Backplane:
                         raise ConnectionError("backend listener or writer ended")
                 if time.monotonic() >= heartbeat_at:
                     self._register |= self._local_ids
+                    self._presence_set.update(self._presence)
                     heartbeat_at = time.monotonic() + self.directory_ttl / 3
                 await self._reconcile()
         finally:
@@ -354,6 +392,14 @@ class Backplane:
         if self._unregister:
             ids, self._unregister = self._unregister, set()
             await backend.unregister(ids, self.node)
+        if self._presence_set:
+            entries, self._presence_set = self._presence_set, {}
+            await backend.presence_set(
+                [(room, cid, info) for (room, cid), info in entries.items()], self.directory_ttl
+            )
+        if self._presence_del:
+            gone, self._presence_del = self._presence_del, set()
+            await backend.presence_remove(sorted(gone))
         if not self._changed.is_set():
             self.ready.set()
 
@@ -375,6 +421,10 @@ class Backplane:
                 _log.exception("delivering an envelope from node %s failed", envelope.origin)
 
     # Publishing ----------------------------------------------------------------------------
+
+    def publish_nowait(self, channel: str, envelope: Envelope) -> None:
+        """Queue ``envelope`` without yielding (from synchronous code)."""
+        self._enqueue(channel, envelope, None)
 
     async def publish(self, channel: str, envelope: Envelope) -> None:
         """Queue ``envelope`` for ``channel``; envelopes leave in the order they were queued.

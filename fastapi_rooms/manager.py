@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections import Counter
@@ -16,11 +17,22 @@ from .backends import Backend, backend_from_url
 from .outbound import SLOW_CONSUMER_CLOSE_CODE, Overflow
 from .websocket import WebSocket
 
-__all__ = ["RoomManager", "WebSocketManager"]
+__all__ = ["JoinRefused", "RoomManager", "WebSocketManager"]
 
 _log = logging.getLogger("fastapi_rooms")
 
 Exclude = str | Iterable[str] | None
+#: ``authorize_join(user_id, room)``: True or None allows; False or a reason (str) refuses.
+JoinPolicy = Callable[[str, str], "bool | str | None"]
+
+
+class JoinRefused(PermissionError):
+    """``join_room`` refused: ``code`` is ``forbidden``, ``too_many_rooms`` or ``room_full``."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class _RoomsView(Mapping[str, KeysView[str]]):
@@ -65,6 +77,11 @@ class RoomManager:
         shutdown_timeout: float = 5.0,
         prefix: str = "fastapi_rooms",
         node_id: str | None = None,
+        node_ttl: float = 30.0,
+        authorize_join: JoinPolicy | None = None,
+        max_rooms_per_connection: int | None = None,
+        max_room_members: int | None = None,
+        presence_events: bool = False,
     ) -> None:
         if isinstance(backend, str):
             backend = backend_from_url(backend, prefix=prefix)
@@ -95,6 +112,14 @@ class RoomManager:
         self._dropped = 0
         self._discarded = 0
         self._closes: Counter[int] = Counter()
+        self._user_of: dict[str, str] = {}  # connection id -> user id
+        self._users: dict[str, dict[str, WebSocket]] = {}  # user id -> its local connections
+        self._meta: dict[tuple[str, str], Any] = {}  # (room, connection id) -> join metadata
+        self.authorize_join = authorize_join
+        self.max_rooms_per_connection = max_rooms_per_connection
+        self.max_room_members = max_room_members
+        self.presence_events = presence_events
+        self.node_ttl = node_ttl
         #: id -> WebSocket, read-only (``.get``, ``len``, ``.items()`` as in Gobstopper's guide).
         self.connections: Mapping[str, WebSocket] = MappingProxyType(self._connections)
         #: room -> set-like view of connection ids, read-only.
@@ -104,7 +129,13 @@ class RoomManager:
         self.backplane: Backplane | None = (
             None
             if backend is None
-            else Backplane(backend, node=self.node_id, prefix=prefix, deliver=self._deliver_remote)
+            else Backplane(
+                backend,
+                node=self.node_id,
+                prefix=prefix,
+                deliver=self._deliver_remote,
+                directory_ttl=node_ttl,
+            )
         )
 
     # Connections --------------------------------------------------------------------------
@@ -120,10 +151,14 @@ class RoomManager:
             overflow=self.overflow,
         )
 
-    def add_connection(self, connection_id: str, websocket: Any) -> WebSocket:
+    def add_connection(
+        self, connection_id: str, websocket: Any, *, user_id: str | None = None
+    ) -> WebSocket:
         """Register a connection (ours or a Starlette WebSocket) under ``connection_id``.
 
-        Returns the fastapi_rooms WebSocket; send through it to keep order with broadcasts.
+        ``user_id`` makes it one of that user's connections (``send_to_user``, presence,
+        ``authorize_join``). Returns the fastapi_rooms WebSocket; send through it to keep
+        order with broadcasts.
         """
         ws = self.wrap(websocket)
         current = self._connections.get(connection_id)
@@ -141,8 +176,20 @@ class RoomManager:
         self._sockets.add(ws)
         if self.backplane is not None:
             self.backplane.add_local(connection_id)
+        if user_id is not None:
+            self._user_of[connection_id] = user_id
+            conns = self._users.get(user_id)
+            if conns is None:
+                conns = self._users[user_id] = {}
+                if self.backplane is not None:
+                    self.backplane.want(self.backplane.user_channel(user_id))
+            conns[connection_id] = ws
         ws._on_closed((self, connection_id), self._closed_listener(connection_id))
         return ws
+
+    def user_of(self, connection_id: str) -> str | None:
+        """The user a connection belongs to, if any."""
+        return self._user_of.get(connection_id)
 
     def _closed_listener(self, connection_id: str) -> Callable[[WebSocket], None]:
         def closed(ws: WebSocket) -> None:
@@ -164,7 +211,15 @@ class RoomManager:
         if self.backplane is not None:
             self.backplane.remove_local(connection_id)
         for room in self._memberships.pop(connection_id, ()):
-            self._discard(room, connection_id)
+            self._left(room, connection_id)
+        user_id = self._user_of.pop(connection_id, None)
+        if user_id is not None:
+            conns = self._users.get(user_id, {})
+            conns.pop(connection_id, None)
+            if not conns:
+                self._users.pop(user_id, None)
+                if self.backplane is not None:
+                    self.backplane.unwant(self.backplane.user_channel(user_id))
         if ws not in self._connections.values():
             self._sockets.discard(ws)
 
@@ -179,28 +234,66 @@ class RoomManager:
 
     # Rooms --------------------------------------------------------------------------------
 
-    def join_room(self, connection_id: str, room: str) -> None:
-        """Add a registered connection to ``room`` (created on first join)."""
+    def join_room(self, connection_id: str, room: str, *, meta: Any = None) -> None:
+        """Add a registered connection to ``room`` (created on first join).
+
+        ``meta`` (JSON-able) is shown in the room's presence. Raises ``JoinRefused`` when
+        ``authorize_join`` refuses the connection's user, or a room limit is reached.
+        """
         ws = self._connections.get(connection_id)
         if ws is None:
             raise KeyError(
                 f"connection {connection_id!r} is not registered (closed, or never added): "
                 "call add_connection() before join_room()"
             )
+        rooms = self._memberships[connection_id]
+        if room in rooms:
+            self._meta[(room, connection_id)] = meta
+            self._present(room, connection_id)
+            return
+        self._check_join(connection_id, room, len(rooms))
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = {}
             if self.backplane is not None:
                 self.backplane.want(self.backplane.room_channel(room))
         members[connection_id] = ws
-        self._memberships[connection_id].add(room)
+        rooms.add(room)
+        self._meta[(room, connection_id)] = meta
+        self._present(room, connection_id)
+        if self.presence_events:
+            self._announce(room, "join", connection_id, meta)
+
+    def _check_join(self, connection_id: str, room: str, joined: int) -> None:
+        user_id = self._user_of.get(connection_id)
+        if user_id is not None and self.authorize_join is not None:
+            verdict = self.authorize_join(user_id, room)
+            if verdict is False or isinstance(verdict, str):
+                reason = verdict or f"user {user_id!r} may not join room {room!r}"
+                raise JoinRefused("forbidden", reason)
+        limit = self.max_rooms_per_connection
+        if limit is not None and joined >= limit:
+            raise JoinRefused(
+                "too_many_rooms", f"a connection may be in at most {limit} rooms; leave one first"
+            )
+        limit = self.max_room_members
+        if limit is not None and len(self._rooms.get(room, ())) >= limit:
+            raise JoinRefused("room_full", f"room {room!r} is full ({limit} members)")
 
     def leave_room(self, connection_id: str, room: str) -> None:
         """Take a connection out of ``room``; the room disappears when empty (idempotent)."""
         rooms = self._memberships.get(connection_id)
         if rooms is not None and room in rooms:
             rooms.discard(room)
-            self._discard(room, connection_id)
+            self._left(room, connection_id)
+
+    def _left(self, room: str, connection_id: str) -> None:
+        meta = self._meta.pop((room, connection_id), None)
+        self._discard(room, connection_id)
+        if self.backplane is not None:
+            self.backplane.presence_remove(room, connection_id)
+        if self.presence_events:
+            self._announce(room, "leave", connection_id, meta)
 
     def get_room_connections(self, room: str) -> set[str]:
         """A copy of the ids in ``room`` (empty when there is no such room)."""
@@ -210,6 +303,79 @@ class RoomManager:
     def get_connection_rooms(self, connection_id: str) -> set[str]:
         """A copy of the rooms ``connection_id`` is in."""
         return set(self._memberships.get(connection_id, ()))
+
+    # Presence and users -------------------------------------------------------------------
+
+    def _presence_info(self, room: str, connection_id: str) -> dict[str, Any]:
+        return {
+            "connection_id": connection_id,
+            "user_id": self._user_of.get(connection_id),
+            "meta": self._meta.get((room, connection_id)),
+            "node": self.node_id,
+        }
+
+    def _present(self, room: str, connection_id: str) -> None:
+        if self.backplane is not None:
+            info = self._dumps(self._presence_info(room, connection_id)).encode()
+            self.backplane.presence_add(room, connection_id, info)
+
+    def _announce(self, room: str, event: str, connection_id: str, meta: Any) -> None:
+        """A presence event to the room's members on every node (``presence_events=True``)."""
+        frame = self.encode(
+            {
+                "type": "presence",
+                "event": event,
+                "room": room,
+                "connection_id": connection_id,
+                "user_id": self._user_of.get(connection_id),
+                "meta": meta,
+            }
+        )
+        members = self._rooms.get(room)
+        if members:
+            self._deliver(members, frame, None)
+        if self.backplane is not None:
+            envelope = Envelope(self.node_id, "room", room, (), frame.data)
+            self.backplane.publish_nowait(self.backplane.room_channel(room), envelope)
+
+    async def presence(self, room: str) -> list[dict[str, Any]]:
+        """Who is in ``room``, on every node with a backend, grouped by user.
+
+        Each entry is ``{"user_id": ..., "connections": [{"connection_id", "meta", "node"}]}``;
+        connections without a user are one entry each with ``user_id`` None. With a backend
+        that does not answer, only this node's members are listed (and the error is logged).
+        """
+        entries = {cid: self._presence_info(room, cid) for cid in self._rooms.get(room, ())}
+        if self.backplane is not None:
+            for cid, raw in (await self.backplane.presence(room)).items():
+                if cid in entries:
+                    continue
+                try:
+                    info = json.loads(raw)
+                    if not isinstance(info, dict):
+                        raise ValueError(f"expected an object, got {type(info).__name__}")
+                except ValueError as exc:
+                    self.backplane.malformed += 1
+                    _log.warning("ignored a malformed presence entry for %s: %s", cid, exc)
+                    continue
+                info["connection_id"] = cid
+                entries[cid] = info
+        return _group_by_user(entries.values())
+
+    async def send_to_user(self, user_id: str, message: Any) -> bool:
+        """Hand ``message`` to every connection of ``user_id``, on every node with a backend.
+
+        False when no node has a connection of that user.
+        """
+        frame = self.encode(message)
+        conns = self._users.get(user_id)
+        if conns:
+            self._deliver(conns, frame, None)
+        if self.backplane is None:
+            return bool(conns)
+        envelope = Envelope(self.node_id, "user", user_id, (), frame.data)
+        channel = self.backplane.user_channel(user_id)
+        return await self.backplane.publish_wait(channel, envelope) > 0 or bool(conns)
 
     # Delivery -----------------------------------------------------------------------------
 
@@ -306,6 +472,10 @@ class RoomManager:
                 self._deliver(members, frame, exclude)
         elif envelope.kind == "all":
             self._deliver(self._connections, frame, exclude)
+        elif envelope.kind == "user":
+            conns = self._users.get(envelope.target)
+            if conns:
+                self._deliver(conns, frame, None)
         else:
             ws = self._connections.get(envelope.target)
             if ws is not None:
@@ -400,6 +570,21 @@ class RoomManager:
                 else self.backplane.stats()
             ),
         }
+
+
+def _group_by_user(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    users: dict[str, dict[str, Any]] = {}
+    anonymous: list[dict[str, Any]] = []
+    for info in sorted(entries, key=lambda i: str(i.get("connection_id"))):
+        conn = {k: info.get(k) for k in ("connection_id", "meta", "node")}
+        user_id = info.get("user_id")
+        if user_id is None:
+            anonymous.append({"user_id": None, "connections": [conn]})
+        else:
+            users.setdefault(str(user_id), {"user_id": user_id, "connections": []})[
+                "connections"
+            ].append(conn)
+    return [users[u] for u in sorted(users)] + anonymous
 
 
 #: Gobstopper's name for the same class.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Backend"]
@@ -10,7 +10,7 @@ __all__ = ["Backend"]
 
 @runtime_checkable
 class Backend(Protocol):
-    """Pub/sub plus a small connection directory.
+    """Pub/sub plus a small connection directory and presence entries that expire.
 
     ``listen()`` yields ``(channel, payload)`` for subscribed channels and raises when the
     connection is lost; the manager then reconnects with backoff and subscribes again.
@@ -38,4 +38,14 @@ class Backend(Protocol):
 
     async def locate(self, connection_id: str) -> str | None:
         """The node a connection lives on, or None."""
+        ...
+
+    async def presence_set(self, entries: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
+        """Record (or refresh) ``(room, connection_id, info)`` entries for ``ttl`` seconds."""
+        ...
+
+    async def presence_remove(self, entries: Sequence[tuple[str, str]]) -> None: ...
+
+    async def presence_get(self, room: str) -> dict[str, bytes]:
+        """The room's unexpired entries: connection id -> info."""
         ...

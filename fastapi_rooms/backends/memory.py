@@ -15,6 +15,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.subscribers: dict[str, set[MemoryBackend]] = {}
         self.directory: dict[str, tuple[str, float]] = {}
+        self.presence: dict[str, dict[str, tuple[float, bytes]]] = {}
 
 
 class MemoryBackend:
@@ -82,3 +83,21 @@ class MemoryBackend:
         if entry is None or entry[1] < time.monotonic():
             return None
         return entry[0]
+
+    async def presence_set(self, entries: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
+        deadline = time.monotonic() + ttl
+        for room, cid, info in entries:
+            self.broker.presence.setdefault(room, {})[cid] = (deadline, info)
+
+    async def presence_remove(self, entries: Sequence[tuple[str, str]]) -> None:
+        for room, cid in entries:
+            members = self.broker.presence.get(room)
+            if members is not None:
+                members.pop(cid, None)
+                if not members:
+                    del self.broker.presence[room]
+
+    async def presence_get(self, room: str) -> dict[str, bytes]:
+        now = time.monotonic()
+        members = self.broker.presence.get(room, {})
+        return {cid: info for cid, (deadline, info) in members.items() if deadline >= now}

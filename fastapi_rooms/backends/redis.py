@@ -30,6 +30,37 @@ _KEEPALIVE = {
     if (opt := getattr(socket, name, None)) is not None
 }
 
+# Presence of a room: a sorted set (member: connection id, score: expiry in ms, by the Redis
+# server's clock so hosts need not agree) and a hash (connection id -> info).
+_PRESENCE_SET = """
+local t = redis.call('TIME')
+local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], expires, ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[1]))
+return 0
+"""
+
+_PRESENCE_GET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for i, cid in ipairs(live) do
+  out[#out + 1] = cid
+  out[#out + 1] = redis.call('HGET', KEYS[2], cid) or ''
+end
+return out
+"""
+
 _UNREGISTER = """
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
@@ -156,3 +187,34 @@ class RedisBackend:
         if node is None:
             return None
         return node.decode() if isinstance(node, bytes) else str(node)
+
+    def _presence_keys(self, room: str) -> tuple[str, str]:
+        return f"{self.prefix}:presence:{room}", f"{self.prefix}:presence:{room}:info"
+
+    async def presence_set(self, entries: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
+        by_room: dict[str, list[str | bytes]] = {}
+        for room, cid, info in entries:
+            by_room.setdefault(room, []).extend((cid, info))
+        ms = max(1, int(ttl * 1000))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for room, args in by_room.items():
+                pipe.eval(_PRESENCE_SET, 2, *self._presence_keys(room), ms, *args)
+            await pipe.execute()
+
+    async def presence_remove(self, entries: Sequence[tuple[str, str]]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for room, cid in entries:
+                zkey, hkey = self._presence_keys(room)
+                pipe.zrem(zkey, cid)
+                pipe.hdel(hkey, cid)
+            await pipe.execute()
+
+    async def presence_get(self, room: str) -> dict[str, bytes]:
+        flat = await self.client.eval(_PRESENCE_GET, 2, *self._presence_keys(room))
+        out: dict[str, bytes] = {}
+        for i in range(0, len(flat), 2):
+            cid, info = flat[i], flat[i + 1]
+            out[cid.decode() if isinstance(cid, bytes) else str(cid)] = (
+                info if isinstance(info, bytes) else str(info).encode()
+            )
+        return out
