@@ -320,7 +320,7 @@ class RoomManager:
             self.backplane.presence_add(room, connection_id, info)
 
     def _announce(self, room: str, event: str, connection_id: str, meta: Any) -> None:
-        """A presence event to the room's members on every node (``presence_events=True``)."""
+        """A presence event to the room's other members on every node (``presence_events``)."""
         frame = self.encode(
             {
                 "type": "presence",
@@ -333,9 +333,9 @@ class RoomManager:
         )
         members = self._rooms.get(room)
         if members:
-            self._deliver(members, frame, None)
+            self._deliver(members, frame, connection_id)
         if self.backplane is not None:
-            envelope = Envelope(self.node_id, "room", room, (), frame.data)
+            envelope = Envelope(self.node_id, "room", room, (connection_id,), frame.data)
             self.backplane.publish_nowait(self.backplane.room_channel(room), envelope)
 
     async def presence(self, room: str) -> list[dict[str, Any]]:

@@ -12,13 +12,15 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from ._frame import MessageTooBig
-from .manager import RoomManager
-from .message import ConnectionClosed
+from .manager import JoinRefused, RoomManager
+from .message import ConnectionClosed, Message
+from .security import Limits, _Bucket
 from .websocket import WebSocket
 
 __all__ = ["ClientMessage", "serve_protocol"]
@@ -35,6 +37,7 @@ class _Strict(BaseModel):
 class Join(_Strict):
     type: Literal["join"]
     room: RoomName
+    meta: JsonValue = None  # shown in the room's presence
 
 
 class Leave(_Strict):
@@ -67,16 +70,57 @@ def _describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-async def serve_protocol(websocket: WebSocket, manager: RoomManager) -> None:
+IDLE_CLOSE_CODE = 1001
+RATE_CLOSE_CODE = 1008
+
+
+async def _messages(websocket: WebSocket, idle_timeout: float | None) -> AsyncIterator[Message]:
+    """Inbound messages until the client closes; closes with 1001 after ``idle_timeout``."""
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive(), idle_timeout)
+        except asyncio.TimeoutError:
+            await websocket.close(IDLE_CLOSE_CODE, "idle timeout")
+            return
+        if message.type == "close":
+            return
+        yield message
+
+
+async def serve_protocol(
+    websocket: WebSocket, manager: RoomManager, limits: Limits | None = None
+) -> None:
     """Run the ready endpoint's protocol on an accepted-or-not WebSocket until it closes."""
+    limits = limits if limits is not None else Limits()
     await websocket.accept()
     connection_id = uuid.uuid4().hex
-    manager.add_connection(connection_id, websocket)
+    manager.add_connection(connection_id, websocket, user_id=getattr(websocket, "user_id", None))
+    bucket = None if limits.rate is None else _Bucket(limits.rate, limits.burst)
+    refused = 0  # messages refused in a row by the rate limit
     try:
-        await websocket.send_text(
-            json.dumps({"type": "welcome", "connection_id": connection_id, "node": manager.node_id})
-        )
-        async for message in websocket:
+        welcome: dict[str, Any] = {
+            "type": "welcome",
+            "connection_id": connection_id,
+            "node": manager.node_id,
+        }
+        if getattr(websocket, "user_id", None) is not None:
+            welcome["user_id"] = websocket.user_id  # type: ignore[attr-defined]
+        await websocket.send_text(json.dumps(welcome))
+        async for message in _messages(websocket, limits.idle_timeout):
+            if bucket is not None:
+                if not bucket.take():
+                    refused += 1
+                    if refused > limits.burst:
+                        await websocket.close(RATE_CLOSE_CODE, "rate limit exceeded")
+                        break
+                    await websocket.send_text(
+                        _error(
+                            "rate_limited",
+                            f"more than {limits.rate:g} messages a second: message dropped",
+                        )
+                    )
+                    continue
+                refused = 0
             if message.type != "text":
                 await websocket.send_text(
                     _error("invalid_message", "expected a JSON text message, got binary")
@@ -101,7 +145,11 @@ async def _handle(
     manager: RoomManager,
 ) -> None:
     if isinstance(request, Join):
-        manager.join_room(connection_id, request.room)
+        try:
+            manager.join_room(connection_id, request.room, meta=request.meta)
+        except JoinRefused as exc:
+            await websocket.send_text(_error(exc.code, exc.reason))
+            return
         if manager.backplane is not None and manager.backplane.connected:
             # "joined" then means messages from every node reach this connection.
             try:

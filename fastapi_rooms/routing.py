@@ -20,6 +20,7 @@ from .dependencies import STATE_KEY
 from .manager import RoomManager
 from .message import ConnectionClosed
 from .protocol import serve_protocol
+from .security import Limits, client_ip, origin_allowed, user_id_of
 from .websocket import WebSocket
 
 __all__ = ["RoomsRouter", "create_rooms_router"]
@@ -27,6 +28,17 @@ __all__ = ["RoomsRouter", "create_rooms_router"]
 _log = logging.getLogger("fastapi_rooms")
 
 Handler = Callable[..., Awaitable[None]]
+#: ``authenticate(websocket)`` returns a user (a str id, or with ``.id``) or None to refuse.
+Authenticate = Callable[[WebSocket], Any]
+
+
+def _origin(ws: WebSocket) -> str | None:
+    for name, value in ws.scope.get("headers", ()):
+        if name == b"origin":
+            return str(value.decode("latin-1"))
+    return None
+
+
 H = TypeVar("H", bound=Handler)
 
 
@@ -76,10 +88,29 @@ class RoomList(BaseModel):
     rooms: list[RoomSummary]
 
 
+class PresenceConnection(BaseModel):
+    connection_id: str
+    meta: JsonValue = Field(default=None, description="What the connection gave at join.")
+    node: str | None = Field(default=None, description="The process holding the connection.")
+
+
+class PresenceEntry(BaseModel):
+    user_id: str | None = Field(description="None for a connection without a user.")
+    connections: list[PresenceConnection]
+
+
 class RoomDetail(BaseModel):
     room: str
-    connections: int
-    connection_ids: list[str]
+    connections: int = Field(description="Members on this node.")
+    connection_ids: list[str] = Field(description="Members on this node.")
+    presence: list[PresenceEntry] = Field(
+        default_factory=list, description="Members on every node, grouped by user."
+    )
+
+
+class UserSendResult(BaseModel):
+    status: Literal["sent"] = "sent"
+    user_id: str
 
 
 # Handlers ------------------------------------------------------------------------------------
@@ -108,7 +139,13 @@ async def _serve(
         manager._untrack(ws)
 
 
-def _endpoint(handler: Handler, path: str, manager: RoomManager) -> Callable[..., Awaitable[None]]:
+Release = Callable[[], None]
+Gate = Callable[[WebSocket], Awaitable["Release | None"]]
+
+
+def _endpoint(
+    handler: Handler, path: str, manager: RoomManager, gate: Gate | None = None
+) -> Callable[..., Awaitable[None]]:
     """A FastAPI WebSocket endpoint that calls ``handler(websocket, **path_params, **deps)``."""
     starlette_path, path_types = convert_path(path)
     signature = inspect.signature(handler)
@@ -157,7 +194,16 @@ def _endpoint(handler: Handler, path: str, manager: RoomManager) -> Callable[...
 
     async def endpoint(**kwargs: Any) -> None:
         ws = manager.wrap(kwargs.pop(ws_name))
-        await _serve(handler, ws, kwargs, manager)
+        if gate is None:
+            await _serve(handler, ws, kwargs, manager)
+            return
+        release = await gate(ws)
+        if release is None:
+            return  # refused: the gate answered the handshake
+        try:
+            await _serve(handler, ws, kwargs, manager)
+        finally:
+            release()
 
     endpoint.__signature__ = inspect.Signature([ws_param, *rest])  # type: ignore[attr-defined]
     endpoint.__name__ = getattr(handler, "__name__", "websocket_handler")
@@ -239,11 +285,19 @@ class RoomsRouter(APIRouter):
         *,
         ready_endpoint: str | None = "/ws",
         rest: bool = True,
+        authenticate: Authenticate | None = None,
+        allowed_origins: Sequence[str] | None = None,
+        limits: Limits | None = None,
         **kwargs: Any,
     ) -> None:
         user_lifespan = kwargs.pop("lifespan", None)
         super().__init__(**kwargs)
         self.manager = manager if manager is not None else RoomManager()
+        self.authenticate = authenticate
+        self.allowed_origins = allowed_origins
+        self.limits = limits if limits is not None else Limits()
+        self._open = 0
+        self._open_by_ip: dict[str, int] = {}
         lifespan = _lifespan(self.manager)
         if user_lifespan is not None:
             from fastapi.routing import _merge_lifespan_context
@@ -256,10 +310,17 @@ class RoomsRouter(APIRouter):
         if ready_endpoint is not None:
             manager_ = self.manager
 
-            async def rooms_protocol(websocket: WebSocket) -> None:
-                await serve_protocol(websocket, manager_)
+            limits_ = self.limits
 
-            self.add_rooms_websocket(ready_endpoint, rooms_protocol, name="fastapi_rooms_ws")
+            async def rooms_protocol(websocket: WebSocket) -> None:
+                await serve_protocol(websocket, manager_, limits_)
+
+            self.add_rooms_websocket(
+                ready_endpoint,
+                rooms_protocol,
+                name="fastapi_rooms_ws",
+                authenticate=authenticate is not None,
+            )
 
     # WebSocket handlers ----------------------------------------------------------------------
 
@@ -270,9 +331,23 @@ class RoomsRouter(APIRouter):
         name: str | None = None,
         *,
         dependencies: Sequence[params.Depends] | None = None,
+        authenticate: bool = False,
     ) -> None:
-        """Register ``handler(websocket, **path_params)`` at ``path`` (``{x}`` or ``<int:x>``)."""
-        endpoint = _endpoint(handler, path, self.manager)
+        """Register ``handler(websocket, **path_params)`` at ``path`` (``{x}`` or ``<int:x>``).
+
+        Every handler passes the router's origin check and connection limits before it runs;
+        with ``authenticate=True`` also the router's ``authenticate`` hook (``websocket.user``
+        and ``websocket.user_id`` are set when it runs).
+        """
+        if authenticate and self.authenticate is None:
+            raise ValueError(
+                f"{path}: authenticate=True needs create_rooms_router(authenticate=...)"
+            )
+
+        async def gate(ws: WebSocket) -> Release | None:
+            return await self._admit(ws, authenticate)
+
+        endpoint = _endpoint(handler, path, self.manager, gate)
         starlette_path = endpoint.__rooms_handler__[1]  # type: ignore[attr-defined]
         route = APIWebSocketRoute(
             self.prefix + starlette_path,
@@ -293,14 +368,65 @@ class RoomsRouter(APIRouter):
         name: str | None = None,
         *,
         dependencies: Sequence[params.Depends] | None = None,
+        authenticate: bool = False,
     ) -> Callable[[H], H]:
         """Decorator for a Gobstopper-style handler ``async def handler(websocket, **params)``."""
 
         def decorator(handler: H) -> H:
-            self.add_rooms_websocket(path, handler, name, dependencies=dependencies)
+            self.add_rooms_websocket(
+                path, handler, name, dependencies=dependencies, authenticate=authenticate
+            )
             return handler
 
         return decorator
+
+    # Admission -------------------------------------------------------------------------------
+
+    async def _admit(self, ws: WebSocket, authenticate: bool) -> Release | None:
+        """Origin, connection limits, then authentication; refuse the handshake or admit."""
+        if not origin_allowed(ws, self.allowed_origins):
+            _log.warning("refused a WebSocket from origin %r", _origin(ws))
+            await ws.reject(403, "origin not allowed")
+            return None
+        limits = self.limits
+        ip = client_ip(ws, limits.trusted_proxies)
+        if limits.max_connections is not None and self._open >= limits.max_connections:
+            _log.warning("refused a WebSocket from %s: %d connections open", ip, self._open)
+            await ws.reject(503, "too many connections")
+            return None
+        per_ip = self._open_by_ip.get(ip, 0)
+        if limits.max_connections_per_ip is not None and per_ip >= limits.max_connections_per_ip:
+            _log.warning("refused a WebSocket from %s: %d connections from there", ip, per_ip)
+            await ws.reject(429, "too many connections from this address")
+            return None
+        if authenticate:
+            hook = self.authenticate
+            assert hook is not None
+            try:
+                user = hook(ws)
+                if inspect.isawaitable(user):
+                    user = await user
+                user_id = None if user is None else user_id_of(user)
+            except Exception:
+                _log.exception("the authenticate hook raised; refusing the handshake")
+                user_id = None
+            if user_id is None:
+                await ws.reject(403, "authentication required")
+                return None
+            ws.user = user  # type: ignore[attr-defined]
+            ws.user_id = user_id  # type: ignore[attr-defined]
+        self._open += 1
+        self._open_by_ip[ip] = per_ip + 1
+
+        def release() -> None:
+            self._open -= 1
+            left = self._open_by_ip[ip] - 1
+            if left:
+                self._open_by_ip[ip] = left
+            else:
+                del self._open_by_ip[ip]
+
+        return release
 
     # REST ------------------------------------------------------------------------------------
 
@@ -371,11 +497,34 @@ class RoomsRouter(APIRouter):
             responses={404: {"description": "The room has no members"}},
         )
         async def get_room(room: str) -> RoomDetail:
-            """One room's members; 404 when it has none."""
+            """One room's members here and its presence on every node; 404 when it has none."""
             ids = manager.get_room_connections(room)
-            if not ids:
+            presence = await manager.presence(room)
+            if not ids and not presence:
                 raise HTTPException(404, detail=f"room {room!r} has no members")
-            return RoomDetail(room=room, connections=len(ids), connection_ids=sorted(ids))
+            return RoomDetail(
+                room=room,
+                connections=len(ids),
+                connection_ids=sorted(ids),
+                presence=[PresenceEntry.model_validate(entry) for entry in presence],
+            )
+
+        @self.post(
+            "/users/{user_id}/send",
+            response_model=UserSendResult,
+            dependencies=deps,
+            tags=tags,
+            responses={404: {"description": "The user has no connection"}},
+        )
+        async def send_to_user(user_id: str, body: SendBody) -> UserSendResult:
+            """Send a message to every connection of a user; 404 when none is connected."""
+            try:
+                sent = await manager.send_to_user(user_id, body.message)
+            except MessageTooBig as exc:
+                raise too_big(exc) from None
+            if not sent:
+                raise HTTPException(404, detail=f"user {user_id!r} has no connection")
+            return UserSendResult(user_id=user_id)
 
         @self.get("/stats", dependencies=deps, tags=tags)
         async def stats() -> dict[str, Any]:
@@ -388,12 +537,23 @@ def create_rooms_router(
     *,
     prefix: str = "",
     ready_endpoint: str | None = "/ws",
+    authenticate: Authenticate | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    limits: Limits | None = None,
     **apirouter_kwargs: Any,
 ) -> RoomsRouter:
     """A RoomsRouter with ``manager`` (a new in-process one by default).
 
     ``app.include_router(router)`` starts and stops the manager with the app's lifespan, makes
     ``Depends(get_manager)`` work anywhere in the app and closes WebSockets to unknown paths
-    with 1001.
+    with 1001. ``authenticate``, ``allowed_origins`` and ``limits``: see the Security docs.
     """
-    return RoomsRouter(manager, prefix=prefix, ready_endpoint=ready_endpoint, **apirouter_kwargs)
+    return RoomsRouter(
+        manager,
+        prefix=prefix,
+        ready_endpoint=ready_endpoint,
+        authenticate=authenticate,
+        allowed_origins=allowed_origins,
+        limits=limits,
+        **apirouter_kwargs,
+    )

@@ -315,6 +315,38 @@ class WebSocket:
         await self._outbound.close(event, self.close_timeout)
         self._mark_closed(code, reason)
 
+    async def reject(self, status: int = 403, reason: str = "") -> None:
+        """Refuse the handshake with an HTTP ``status`` (and ``reason`` as a text body).
+
+        Servers without the ASGI WebSocket Denial Response extension answer 403 instead.
+        """
+        if self._accepted:
+            raise RuntimeError("reject() after accept(): use close(code, reason) instead")
+        if self._closed:
+            return
+        if not 400 <= status <= 599:
+            raise ValueError(f"reject() needs an HTTP error status (400-599), got {status!r}")
+        if "websocket.http.response" not in self.scope.get("extensions", {}):
+            await self.close(1008, reason)
+            return
+        self._closed = True
+        body = reason.encode()
+        try:
+            await self._send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await self._send({"type": "websocket.http.response.body", "body": body})
+        finally:
+            self._finished = True
+            self._mark_closed(1008, reason)
+
     def _abort(self, code: int, reason: str) -> None:
         """Close without waiting: queued frames are dropped (and counted)."""
         if self._accepted:

@@ -356,3 +356,75 @@ async def test_sends_to_a_connection_on_a_killed_node_are_404(
             await until(refused, timeout=WAIT)
     finally:
         doomed.stop()
+
+
+# Presence and users across nodes -----------------------------------------------------------
+
+SECURE_APP = {"uvicorn": "secure_app:app", "granian-rsgi": "secure_app:rsgi_app"}
+
+
+async def test_presence_and_user_sends_span_nodes_and_a_killed_node_expires(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Presence on Redis: entries refreshed every NODE_TTL/3; a SIGKILLed node's entries are
+    gone within NODE_TTL (here 1.5 s)."""
+    ttl = 1.5
+    servers: dict[str, Server] = {}
+    try:
+        for name, kind in (("a", "uvicorn"), ("b", "uvicorn"), ("c", "granian-rsgi")):
+            env = {"REDIS_URL": redis_url, "ROOMS_PREFIX": redis_prefix, "NODE_ID": name,
+                   "NODE_TTL": str(ttl), "PRESENCE_EVENTS": "1"}  # fmt: skip
+            servers[name] = start_server(kind, SECURE_APP[kind], tmp_path, env)
+        async with AsyncExitStack() as stack:
+
+            async def member(node: str, token: str, meta: Any) -> ClientConnection:
+                url = f"{servers[node].ws}/ws?token={token}"
+                ws = await stack.enter_async_context(connect(url, open_timeout=WAIT))
+                await asyncio.wait_for(ws.recv(), WAIT)  # welcome
+                await ws.send(json.dumps({"type": "join", "room": "p", "meta": meta}))
+                async with asyncio.timeout(WAIT):
+                    while json.loads(await ws.recv())["type"] != "joined":
+                        pass
+                return ws
+
+            alice_a = await member("a", "alice-token", {"on": "a"})
+            await member("b", "alice-token", {"on": "b"})
+            await member("b", "bob-token", {"on": "b"})
+            carol = await member("c", "admin-token", {"on": "c"})
+
+            async def presence(node: str) -> dict[str, list[str]]:
+                async with http(servers[node]) as rest:
+                    entries = (await rest.get("/rooms/p")).json()["presence"]
+                return {e["user_id"]: sorted(c["node"] for c in e["connections"]) for e in entries}
+
+            async def complete() -> bool:
+                return await presence("c") == {"admin": ["c"], "alice": ["a", "b"], "bob": ["b"]}
+
+            await until(complete)  # every node's entries reached Redis
+            assert await presence("a") == await presence("c")
+
+            async with http(servers["c"]) as rest:
+                response = await rest.post("/users/alice/send", json={"message": "to both tabs"})
+            assert response.status_code == 200
+            async with asyncio.timeout(WAIT):
+                while await alice_a.recv() != "to both tabs":
+                    pass  # presence events of the members who joined after alice
+
+            os.kill(servers["b"].proc.pid, signal.SIGKILL)
+            servers["b"].proc.wait(WAIT)
+            killed_at = asyncio.get_running_loop().time()
+
+            async def expired() -> bool:
+                return await presence("a") == {"admin": ["c"], "alice": ["a"]}
+
+            await until(expired, timeout=4 * ttl + WAIT)
+            assert asyncio.get_running_loop().time() - killed_at < ttl + 1.0
+            # the survivors' presence events are unaffected; carol still receives room traffic
+            await alice_a.send(json.dumps({"type": "publish", "room": "p", "data": "still"}))
+            async with asyncio.timeout(WAIT):
+                while (event := json.loads(await carol.recv()))["type"] != "message":
+                    pass
+            assert event["data"] == "still"
+    finally:
+        for server in servers.values():
+            server.stop()

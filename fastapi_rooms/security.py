@@ -1,0 +1,148 @@
+"""Handshake checks and limits: tokens, client addresses, origins, connection counts, rates."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .websocket import WebSocket
+
+__all__ = ["Limits", "client_ip", "get_token", "origin_allowed", "user_id_of"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits a rooms router enforces; ``None`` means unlimited.
+
+    Connections are counted per router and process; rates and idle time per connection (the
+    ready endpoint enforces those; custom handlers read them from ``router.limits``).
+    """
+
+    max_connections: int | None = None  # open WebSockets; over it: HTTP 503
+    max_connections_per_ip: int | None = None  # per client address; over it: HTTP 429
+    trusted_proxies: Sequence[str] = ()  # addresses/networks whose X-Forwarded-For is believed
+    rate: float | None = None  # inbound messages per second, refilled continuously
+    burst: int = 20  # messages that may arrive at once before the rate applies
+    idle_timeout: float | None = None  # seconds without an inbound message: closed with 1001
+
+
+def get_token(
+    websocket: WebSocket, *, query_param: str = "token", cookie: str | None = "token"
+) -> str | None:
+    """The token a client sent: ``?token=``, ``Authorization: Bearer``, or a cookie."""
+    values = parse_qs(websocket.scope.get("query_string", b"").decode("latin-1"))
+    if values.get(query_param):
+        return str(values[query_param][0])
+    for name, value in websocket.scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, credentials = str(value.decode("latin-1")).partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+        elif name == b"cookie" and cookie is not None:
+            try:
+                jar = SimpleCookie(value.decode("latin-1"))
+            except CookieError:
+                continue
+            if cookie in jar and jar[cookie].value:
+                return str(jar[cookie].value)
+    return None
+
+
+def _header(websocket: WebSocket, wanted: bytes) -> str | None:
+    for name, value in websocket.scope.get("headers", ()):
+        if name == wanted:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _networks(
+    trusted: Iterable[str],
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+
+def client_ip(websocket: WebSocket, trusted_proxies: Sequence[str] = ()) -> str:
+    """The client's address: the peer, or, behind trusted proxies, from X-Forwarded-For.
+
+    X-Forwarded-For is read right to left and the first address that is not a trusted proxy
+    is the client; a header from an untrusted peer is ignored (anyone can send one).
+    """
+    client = websocket.scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not trusted_proxies:
+        return peer
+    networks = _networks(trusted_proxies)
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    if not trusted(peer):
+        return peer
+    forwarded = _header(websocket, b"x-forwarded-for")
+    if not forwarded:
+        return peer
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
+def origin_allowed(websocket: WebSocket, allowed_origins: Sequence[str] | None) -> bool:
+    """Cross-site WebSocket hijacking guard.
+
+    ``None`` (the default): a handshake without ``Origin`` (not a browser) or whose Origin's
+    host equals the ``Host`` header (same site) passes. A list allows exactly those origins
+    (``"https://app.example.com"``) and same-site ones; ``["*"]`` allows any.
+    """
+    origin = _header(websocket, b"origin")
+    if origin is None:
+        return True
+    allowed = {o.rstrip("/") for o in allowed_origins or ()}
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    host = _header(websocket, b"host")
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def user_id_of(user: Any) -> str:
+    """The id of what an ``authenticate`` hook returned: a str, ``.id`` or ``["id"]``."""
+    if isinstance(user, str):
+        return user
+    if isinstance(user, Mapping) and "id" in user:
+        return str(user["id"])
+    if hasattr(user, "id"):
+        return str(user.id)
+    raise TypeError(
+        f"authenticate returned {type(user).__name__}; expected None, a user id (str), "
+        "an object with .id or a mapping with 'id'"
+    )
+
+
+class _Bucket:
+    """Token bucket: ``rate`` tokens a second, at most ``burst`` stored."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
