@@ -125,7 +125,7 @@ def test_router_dependencies_protect_rest_but_not_websockets() -> None:
 
 
 def test_rest_endpoints_validate_and_report() -> None:
-    app, _ = make_app()
+    app, rooms = make_app()
     with TestClient(app) as client:
         assert client.post("/broadcast", json={}).status_code == 422
         assert client.post("/broadcast", content=b"not json").status_code == 422
@@ -135,7 +135,11 @@ def test_rest_endpoints_validate_and_report() -> None:
             cid = ws.receive_text()
             assert client.get("/rooms").json() == {"rooms": [{"room": "r1", "connections": 1}]}
             detail = client.get("/rooms/r1").json()
-            assert detail == {"room": "r1", "connections": 1, "connection_ids": [cid]}
+            presence = [{"user_id": None, "connections": [
+                {"connection_id": cid, "meta": None, "node": rooms.manager.node_id}]}]  # fmt: skip
+            assert detail == {
+                "room": "r1", "connections": 1, "connection_ids": [cid], "presence": presence
+            }  # fmt: skip
             sent = client.post(f"/connections/{cid}/send", json={"message": [1, "two"]})
             assert sent.json() == {"status": "sent", "connection_id": cid}
             assert ws.receive_text() == '[1,"two"]'
