@@ -26,6 +26,9 @@ _log = logging.getLogger("fastapi_rooms.backplane")
 
 _MAGIC = b"FR1"
 _FIRST = asyncio.FIRST_COMPLETED
+_CHUNK = 1000  # presence entries per backend call
+_BATCH = 500  # envelopes per publish round trip
+_BATCH_BYTES = 4 << 20  # and at most this many payload bytes (one envelope may exceed it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class Backplane:
         self._wanted: set[str] = {self.all_channel, self.node_channel}
         self._active: set[str] = set()
         self._subscribe_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._unsubscribing: str | None = None
         self._changed = asyncio.Event()
         self._local_ids: set[str] = set()
         self._register: set[str] = set()
@@ -159,6 +163,7 @@ class Backplane:
         self.publish_errors = 0
         self.publish_dropped = 0
         self.malformed = 0
+        self.presence_errors = 0
         self.deliver_errors = 0
 
     # Channels ------------------------------------------------------------------------------
@@ -226,7 +231,9 @@ class Backplane:
 
     async def subscribed(self, channel: str, timeout: float) -> None:
         """Wait until ``channel`` is subscribed on the backend (if it is still wanted)."""
-        if channel in self._active or channel not in self._wanted:
+        if (
+            channel in self._active and channel != self._unsubscribing
+        ) or channel not in self._wanted:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._subscribe_waiters.setdefault(channel, []).append(future)
@@ -384,24 +391,63 @@ class Backplane:
                 if not future.done():
                     future.set_result(None)
         for channel in sorted(self._active - self._wanted):
-            await backend.unsubscribe(channel)
+            if channel in self._wanted:
+                continue  # wanted again while an earlier channel was being unsubscribed
+            self._unsubscribing = channel
+            try:
+                await backend.unsubscribe(channel)
+            finally:
+                self._unsubscribing = None
             self._active.discard(channel)
+            if channel in self._wanted:
+                self._changed.set()  # joined again meanwhile: subscribe on the next pass
         if self._register:
             ids, self._register = self._register, set()
-            await backend.register(ids, self.node, self.directory_ttl)
+            try:
+                await backend.register(ids, self.node, self.directory_ttl)
+            except BaseException:
+                self._register |= ids & self._local_ids
+                raise
         if self._unregister:
             ids, self._unregister = self._unregister, set()
-            await backend.unregister(ids, self.node)
-        if self._presence_set:
-            entries, self._presence_set = self._presence_set, {}
-            await backend.presence_set(
-                [(room, cid, info) for (room, cid), info in entries.items()], self.directory_ttl
-            )
-        if self._presence_del:
-            gone, self._presence_del = self._presence_del, set()
-            await backend.presence_remove(sorted(gone))
+            try:
+                await backend.unregister(ids, self.node)
+            except BaseException:
+                self._unregister |= ids - self._local_ids
+                raise
+        await self._sync_presence()
         if not self._changed.is_set():
             self.ready.set()
+
+    async def _sync_presence(self) -> None:
+        """Write pending presence changes in chunks; a refused chunk is logged, not fatal."""
+        while self._presence_set:
+            chunk = dict(list(self._presence_set.items())[:_CHUNK])
+            for key in chunk:
+                del self._presence_set[key]
+            try:
+                await self.backend.presence_set(
+                    [(room, cid, info) for (room, cid), info in chunk.items()], self.directory_ttl
+                )
+            except ValueError as exc:
+                self.presence_errors += 1
+                _log.error("presence entries not written: %s", exc)
+            except BaseException:
+                for key, info in chunk.items():  # still local members: write them after reconnect
+                    if key in self._presence:
+                        self._presence_set.setdefault(key, info)
+                raise
+        while self._presence_del:
+            gone = sorted(self._presence_del)[:_CHUNK]
+            self._presence_del.difference_update(gone)
+            try:
+                await self.backend.presence_remove(gone)
+            except ValueError as exc:
+                self.presence_errors += 1
+                _log.error("presence entries not removed: %s", exc)
+            except BaseException:
+                self._presence_del.update(key for key in gone if key not in self._presence)
+                raise
 
     async def _listen(self) -> None:
         async for _channel, payload in self.backend.listen():
@@ -485,8 +531,12 @@ class Backplane:
             self._writer_idle = False
             self._pending_event.clear()
             while pending:
-                batch = list(pending)
-                pending.clear()
+                batch: list[tuple[str, bytes, asyncio.Future[int] | None]] = []
+                size = 0
+                while pending and len(batch) < _BATCH and (not batch or size < _BATCH_BYTES):
+                    item = pending.popleft()
+                    size += len(item[1])
+                    batch.append(item)
                 items = [(channel, payload) for channel, payload, _ in batch]
                 try:
                     if self._publish_many is not None:
@@ -554,5 +604,6 @@ class Backplane:
             "publish_dropped": self.publish_dropped,
             "pending": len(self._pending),
             "malformed_envelopes": self.malformed,
+            "presence_errors": self.presence_errors,
             "deliver_errors": self.deliver_errors,
         }

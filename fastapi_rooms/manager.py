@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._backplane import Backplane, Envelope
+from ._backplane import encode as encode_envelope
 from ._frame import Frame, default_max_message_bytes, encode, json_dumps, oversize
 from .backends import Backend, backend_from_url
 from .outbound import SLOW_CONSUMER_CLOSE_CODE, Overflow
@@ -22,6 +23,7 @@ __all__ = ["JoinRefused", "RoomManager", "WebSocketManager"]
 _log = logging.getLogger("fastapi_rooms")
 
 Exclude = str | Iterable[str] | None
+_UNSET: Any = object()
 #: ``authorize_join(user_id, room)``: True or None allows; False or a reason (str) refuses.
 JoinPolicy = Callable[[str, str], "bool | str | None"]
 
@@ -247,27 +249,49 @@ class RoomManager:
                 "call add_connection() before join_room()"
             )
         rooms = self._memberships[connection_id]
-        if room in rooms:
-            self._meta[(room, connection_id)] = meta
-            self._present(room, connection_id)
-            return
-        self._check_join(connection_id, room, len(rooms))
-        members = self._rooms.get(room)
-        if members is None:
-            members = self._rooms[room] = {}
-            if self.backplane is not None:
-                self.backplane.want(self.backplane.room_channel(room))
-        members[connection_id] = ws
-        rooms.add(room)
+        if room not in rooms:
+            self._check_join(connection_id, room, len(rooms))
+        # Encode what the join will send before changing anything: a meta that cannot be
+        # encoded, or would make the presence event too big, refuses the join cleanly.
+        info = (
+            None
+            if self.backplane is None
+            else self._dumps(self._presence_info(room, connection_id, meta)).encode()
+        )
+        announcement = (
+            self.encode(self._presence_event(room, "leave", connection_id, meta))
+            if self.presence_events and room not in rooms
+            else None
+        )
+        if room not in rooms:
+            members = self._rooms.get(room)
+            if members is None:
+                members = self._rooms[room] = {}
+                if self.backplane is not None:
+                    self.backplane.want(self.backplane.room_channel(room))
+            members[connection_id] = ws
+            rooms.add(room)
         self._meta[(room, connection_id)] = meta
-        self._present(room, connection_id)
-        if self.presence_events:
+        if self.backplane is not None and info is not None:
+            self.backplane.presence_add(room, connection_id, info)
+        if announcement is not None:
             self._announce(room, "join", connection_id, meta)
 
     def _check_join(self, connection_id: str, room: str, joined: int) -> None:
         user_id = self._user_of.get(connection_id)
         if user_id is not None and self.authorize_join is not None:
             verdict = self.authorize_join(user_id, room)
+            if not (
+                verdict is True or verdict is None or verdict is False or isinstance(verdict, str)
+            ):
+                # an async policy or a wrong return type: fail closed, loudly
+                close = getattr(verdict, "close", None)
+                if callable(close):
+                    close()  # an un-awaited coroutine: silence its warning
+                raise TypeError(
+                    "authorize_join must return True, None, False or a reason (str), "
+                    f"got {type(verdict).__name__} (async policies are not supported)"
+                )
             if verdict is False or isinstance(verdict, str):
                 reason = verdict or f"user {user_id!r} may not join room {room!r}"
                 raise JoinRefused("forbidden", reason)
@@ -306,31 +330,37 @@ class RoomManager:
 
     # Presence and users -------------------------------------------------------------------
 
-    def _presence_info(self, room: str, connection_id: str) -> dict[str, Any]:
+    def _presence_info(self, room: str, connection_id: str, meta: Any = _UNSET) -> dict[str, Any]:
         return {
             "connection_id": connection_id,
             "user_id": self._user_of.get(connection_id),
-            "meta": self._meta.get((room, connection_id)),
+            "meta": self._meta.get((room, connection_id)) if meta is _UNSET else meta,
             "node": self.node_id,
         }
 
-    def _present(self, room: str, connection_id: str) -> None:
-        if self.backplane is not None:
-            info = self._dumps(self._presence_info(room, connection_id)).encode()
-            self.backplane.presence_add(room, connection_id, info)
+    def _presence_event(self, room: str, event: str, connection_id: str, meta: Any) -> Any:
+        return {
+            "type": "presence",
+            "event": event,
+            "room": room,
+            "connection_id": connection_id,
+            "user_id": self._user_of.get(connection_id),
+            "meta": meta,
+        }
 
     def _announce(self, room: str, event: str, connection_id: str, meta: Any) -> None:
-        """A presence event to the room's other members on every node (``presence_events``)."""
-        frame = self.encode(
-            {
-                "type": "presence",
-                "event": event,
-                "room": room,
-                "connection_id": connection_id,
-                "user_id": self._user_of.get(connection_id),
-                "meta": meta,
-            }
-        )
+        """A presence event to the room's other members on every node (``presence_events``).
+
+        Never raises: join_room checked the event's size before the join.
+        """
+        try:
+            frame = self.encode(self._presence_event(room, event, connection_id, meta))
+        except (ValueError, TypeError) as exc:
+            self._dropped += 1
+            _log.error(
+                "presence %s event for %s in %r not sent: %s", event, connection_id, room, exc
+            )
+            return
         members = self._rooms.get(room)
         if members:
             self._deliver(members, frame, connection_id)
@@ -408,10 +438,11 @@ class RoomManager:
         policy. ``exclude`` is an id or ids to skip (for example the sender).
         """
         frame = self.encode(message)
+        envelope = self._envelope("room", room, frame, exclude)
         members = self._rooms.get(room)
         delivered = self._deliver(members, frame, exclude) if members else 0
-        if self.backplane is not None:
-            await self._publish("room", room, frame, exclude)
+        if envelope is not None:
+            await self._publish(self.backplane.room_channel(room), envelope)  # type: ignore[union-attr]
         return delivered
 
     async def broadcast_to_all(self, message: Any, *, exclude: Exclude = None) -> int:
@@ -420,9 +451,10 @@ class RoomManager:
         With a backend, every other node delivers it to its own connections too.
         """
         frame = self.encode(message)
+        envelope = self._envelope("all", "", frame, exclude)
         delivered = self._deliver(self._connections, frame, exclude)
-        if self.backplane is not None:
-            await self._publish("all", "", frame, exclude)
+        if envelope is not None:
+            await self._publish(self.backplane.all_channel, envelope)  # type: ignore[union-attr]
         return delivered
 
     async def send_to(self, connection_id: str, message: Any) -> bool:
@@ -443,14 +475,22 @@ class RoomManager:
         envelope = Envelope(self.node_id, "conn", connection_id, (), frame.data)
         return await backplane.publish_wait(backplane.node_channel_of(node), envelope) > 0
 
-    async def _publish(self, kind: str, target: str, frame: Frame, exclude: Exclude) -> None:
-        backplane = self.backplane
-        assert backplane is not None
+    def _envelope(self, kind: str, target: str, frame: Frame, exclude: Exclude) -> Envelope | None:
+        """The envelope for other nodes (None without a backend), checked before any delivery.
+
+        ValueError when the excluded ids do not fit an envelope's header.
+        """
+        if self.backplane is None:
+            return None
         skip: tuple[str, ...] = ()
         if exclude is not None:
             skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-        channel = backplane.room_channel(target) if kind == "room" else backplane.all_channel
-        await backplane.publish(channel, Envelope(self.node_id, kind, target, skip, frame.data))
+            encode_envelope(Envelope(self.node_id, kind, target, skip, b""))  # size check
+        return Envelope(self.node_id, kind, target, skip, frame.data)
+
+    async def _publish(self, channel: str, envelope: Envelope) -> None:
+        assert self.backplane is not None
+        await self.backplane.publish(channel, envelope)
 
     def _deliver_remote(self, envelope: Envelope) -> None:
         """An envelope from another node: deliver to the local connections it names."""

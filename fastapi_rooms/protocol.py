@@ -150,6 +150,9 @@ async def _handle(
         except JoinRefused as exc:
             await websocket.send_text(_error(exc.code, exc.reason))
             return
+        except MessageTooBig as exc:
+            await websocket.send_text(_error("message_too_big", f"meta too big: {exc}"))
+            return
         if manager.backplane is not None and manager.backplane.connected:
             # "joined" then means messages from every node reach this connection.
             try:

@@ -399,34 +399,52 @@ class RoomsRouter(APIRouter):
             _log.warning("refused a WebSocket from %s: %d connections from there", ip, per_ip)
             await ws.reject(429, "too many connections from this address")
             return None
-        if authenticate:
-            hook = self.authenticate
-            assert hook is not None
-            try:
-                user = hook(ws)
-                if inspect.isawaitable(user):
-                    user = await user
-                user_id = None if user is None else user_id_of(user)
-            except Exception:
-                _log.exception("the authenticate hook raised; refusing the handshake")
-                user_id = None
-            if user_id is None:
-                await ws.reject(403, "authentication required")
-                return None
-            ws.user = user  # type: ignore[attr-defined]
-            ws.user_id = user_id  # type: ignore[attr-defined]
+        # Claim the slots now: the hook below may await, and other handshakes run meanwhile.
         self._open += 1
         self._open_by_ip[ip] = per_ip + 1
+        released = False
 
         def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             self._open -= 1
-            left = self._open_by_ip[ip] - 1
-            if left:
+            left = self._open_by_ip.get(ip, 1) - 1
+            if left > 0:
                 self._open_by_ip[ip] = left
             else:
-                del self._open_by_ip[ip]
+                self._open_by_ip.pop(ip, None)
 
+        if authenticate:
+            try:
+                user_id = await self._authenticate(ws)
+            except BaseException:
+                release()
+                raise
+            if user_id is None:
+                release()
+                await ws.reject(403, "authentication required")
+                return None
         return release
+
+    async def _authenticate(self, ws: WebSocket) -> str | None:
+        """Run the hook; the user's id, or None to refuse (a failing hook is logged)."""
+        hook = self.authenticate
+        assert hook is not None
+        try:
+            user = hook(ws)
+            if inspect.isawaitable(user):
+                user = await user
+            if user is None:
+                return None
+            user_id = user_id_of(user)
+        except Exception:
+            _log.exception("the authenticate hook failed; refusing the handshake")
+            return None
+        ws.user = user  # type: ignore[attr-defined]
+        ws.user_id = user_id  # type: ignore[attr-defined]
+        return user_id
 
     # REST ------------------------------------------------------------------------------------
 
@@ -445,6 +463,8 @@ class RoomsRouter(APIRouter):
                 n = await manager.broadcast_to_all(body.message, exclude=body.exclude or None)
             except MessageTooBig as exc:
                 raise too_big(exc) from None
+            except ValueError as exc:  # too many excluded ids for the backend's envelope
+                raise HTTPException(422, detail=str(exc)) from None
             return BroadcastResult(connections=n)
 
         @self.post(
@@ -461,6 +481,8 @@ class RoomsRouter(APIRouter):
                 )
             except MessageTooBig as exc:
                 raise too_big(exc) from None
+            except ValueError as exc:
+                raise HTTPException(422, detail=str(exc)) from None
             return RoomBroadcastResult(room_connections=n)
 
         @self.post(

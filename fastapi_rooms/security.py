@@ -30,6 +30,21 @@ class Limits:
     burst: int = 20  # messages that may arrive at once before the rate applies
     idle_timeout: float | None = None  # seconds without an inbound message: closed with 1001
 
+    def __post_init__(self) -> None:
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies entries should be IP addresses or networks, got {proxy!r}"
+                ) from None
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(
+                f"rate should be a positive number of messages a second, got {self.rate!r}"
+            )
+        if self.burst < 1:
+            raise ValueError(f"burst should be at least 1, got {self.burst!r}")
+
 
 def get_token(
     websocket: WebSocket, *, query_param: str = "token", cookie: str | None = "token"
@@ -54,10 +69,13 @@ def get_token(
 
 
 def _header(websocket: WebSocket, wanted: bytes) -> str | None:
-    for name, value in websocket.scope.get("headers", ()):
-        if name == wanted:
-            return str(value.decode("latin-1"))
-    return None
+    """The header's value; repeated lines joined with commas, in order (RFC 9110)."""
+    values = [
+        str(value.decode("latin-1"))
+        for name, value in websocket.scope.get("headers", ())
+        if name == wanted
+    ]
+    return ", ".join(values) if values else None
 
 
 def _networks(
@@ -83,6 +101,8 @@ def client_ip(websocket: WebSocket, trusted_proxies: Sequence[str] = ()) -> str:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
         return any(ip in net for net in networks)
 
     if not trusted(peer):
@@ -117,15 +137,24 @@ def origin_allowed(websocket: WebSocket, allowed_origins: Sequence[str] | None) 
 def user_id_of(user: Any) -> str:
     """The id of what an ``authenticate`` hook returned: a str, ``.id`` or ``["id"]``."""
     if isinstance(user, str):
-        return user
-    if isinstance(user, Mapping) and "id" in user:
-        return str(user["id"])
-    if hasattr(user, "id"):
-        return str(user.id)
+        found: Any = user
+    elif isinstance(user, Mapping) and "id" in user:
+        found = user["id"]
+    elif hasattr(user, "id"):
+        found = user.id
+    else:
+        found = _MISSING
+    if found is None or found == "":
+        raise ValueError(f"authenticate returned a user without an id: {user!r}")
+    if found is not _MISSING:
+        return str(found)
     raise TypeError(
         f"authenticate returned {type(user).__name__}; expected None, a user id (str), "
         "an object with .id or a mapping with 'id'"
     )
+
+
+_MISSING = object()
 
 
 class _Bucket:

@@ -90,6 +90,7 @@ class WebSocket:
         )
         self._accepted = accepted
         self._closed = False  # no more frames go out
+        self._marked = False  # close code recorded and close listeners run
         self._finished = False  # the close was reported to the handler: receive() raises now
         self._receiving = False
         self.close_code: int | None = None
@@ -152,9 +153,9 @@ class WebSocket:
         self._mark_closed(code, reason)
 
     def _mark_closed(self, code: int, reason: str) -> None:
-        if self._closed:
+        if self._marked:
             return
-        self._closed = True
+        self._marked = self._closed = True
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason

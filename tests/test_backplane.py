@@ -347,3 +347,32 @@ async def test_publish_fails_fast_when_redis_never_answers(private_redis: RedisS
     finally:
         async with asyncio.timeout(5.0):
             await manager.stop()
+
+
+async def test_room_names_cannot_collide_in_redis(nodes: Nodes) -> None:
+    """Room "x" and room "x:info" (or any name) keep separate presence keys."""
+    a, b = await nodes(), await nodes()
+    pa = connect(a, "a1", "x")
+    connect(b, "b1", "x:info")
+    pb = connect(b, "b2", "x")
+    await a.sync(WAIT)
+    await b.sync(WAIT)
+    await a.broadcast_to_room("x", "hello")
+    assert await pb.wait_for(1) == ["hello"]
+    assert pa.texts == ["hello"]
+    for m in (a, b):
+        assert m.stats()["backend"]["connected"] is True
+        assert m.stats()["backend"]["reconnects"] == 0
+    assert {c["connection_id"] for e in await a.presence("x") for c in e["connections"]} == {
+        "a1",
+        "b2",
+    }
+    assert [e["connections"][0]["connection_id"] for e in await a.presence("x:info")] == ["b1"]
+
+
+async def test_too_many_excluded_ids_fail_before_anyone_receives(nodes: Nodes) -> None:
+    a = await nodes()
+    peer = connect(a, "a1", "r")
+    with pytest.raises(ValueError, match="too many excluded ids"):
+        await a.broadcast_to_room("r", "x", exclude=[f"id-{i}" for i in range(20_000)])
+    assert peer.texts == []

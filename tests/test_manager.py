@@ -191,3 +191,37 @@ async def test_invalid_configuration_is_refused() -> None:
         RoomManager("amqp://127.0.0.1/")
     with pytest.raises(TypeError, match="backend should be None, a URL or a Backend"):
         RoomManager(42)  # type: ignore[arg-type]
+
+
+async def test_join_checks_meta_and_policy_before_changing_anything() -> None:
+    async def async_policy(user_id: str, room: str) -> bool:
+        return False
+
+    m = RoomManager(presence_events=True, max_message_bytes=300, authorize_join=async_policy)  # type: ignore[arg-type]
+    ws, _ = connect(m, "a")
+    m.remove_connection("a")
+    m.add_connection("a", ws, user_id="alice")
+    with pytest.raises(TypeError, match="async policies are not supported"):
+        m.join_room("a", "r")
+    assert m.get_connection_rooms("a") == set() and not m.rooms
+    m.authorize_join = None
+    with pytest.raises(ValueError, match="limit"):
+        m.join_room("a", "r", meta={"blob": "x" * 280})  # the presence event would not fit
+    assert m.get_connection_rooms("a") == set() and not m.rooms
+    m.join_room("a", "r", meta={"ok": 1})
+    assert await m.presence("r") == [
+        {"user_id": "alice", "connections": [{"connection_id": "a", "meta": {"ok": 1},
+                                              "node": m.node_id}]}
+    ]  # fmt: skip
+    m.remove_connection("a")
+    assert not m.rooms and m.user_of("a") is None
+
+
+async def test_close_before_accept_records_the_code_and_runs_listeners() -> None:
+    peer = FakePeer()
+    ws = WebSocket({"type": "websocket", "path": "/t"}, peer.receive, peer.send)
+    seen: list[int | None] = []
+    ws._on_closed("k", lambda w: seen.append(w.close_code))
+    await ws.close(1008, "no")
+    assert (ws.close_code, seen) == (1008, [1008])
+    assert peer.sent == [{"type": "websocket.close", "code": 1008, "reason": "no"}]

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fastapi_rooms import WebSocket
-from fastapi_rooms.security import client_ip, get_token, origin_allowed, user_id_of
+from fastapi_rooms.security import Limits, client_ip, get_token, origin_allowed, user_id_of
 
 from .conftest import Server, sent_code, start_server
 
@@ -191,6 +191,31 @@ async def test_total_connection_limit(serve: Callable[..., Server], server_kind:
         assert (await event(again, "welcome"))["type"] == "welcome"
 
 
+async def test_limits_hold_for_concurrent_handshakes_with_a_slow_hook(
+    serve: Callable[..., Server], server_kind: str
+) -> None:
+    env = {"MAX_CONNECTIONS": "2", "AUTH_DELAY": "0.2", "REDIS_URL": ""}
+    server = serve(server_kind, APP[server_kind], env)
+
+    async def attempt() -> int | ClientConnection:
+        try:
+            return await stack.enter_async_context(ws_open(server))
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    async with AsyncExitStack() as stack:
+        results = await asyncio.gather(*(attempt() for _ in range(10)))
+        admitted = [r for r in results if not isinstance(r, int)]
+        assert len(admitted) == 2
+        assert sorted(r for r in results if isinstance(r, int)) == [503] * 8
+    # every slot came back: two more fit, a third does not
+    async with ws_open(server) as a, ws_open(server, token="bob-token") as b:
+        await event(a, "welcome")
+        await event(b, "welcome")
+        assert await refused(server) == 503
+    assert "Traceback" not in server.log()
+
+
 # Rates and idle connections ------------------------------------------------------------------
 
 
@@ -308,6 +333,21 @@ def test_get_token_sources_and_precedence() -> None:
     assert get_token(_ws([(b"cookie", b"token=c")]), cookie=None) is None
 
 
+def test_client_ip_reads_every_forwarded_line() -> None:
+    # A proxy that adds its own line after the client's (HAProxy option forwardfor).
+    lines = [(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"198.51.100.1")]
+    assert client_ip(_ws(lines, client=("10.0.0.9", 1)), ["10.0.0.0/8"]) == "198.51.100.1"
+    mapped = _ws([(b"x-forwarded-for", b"198.51.100.2")], client=("::ffff:10.0.0.9", 1))
+    assert client_ip(mapped, ["10.0.0.0/8"]) == "198.51.100.2"
+
+
+def test_limits_are_checked_when_made() -> None:
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        Limits(trusted_proxies=["proxy.internal"])
+    with pytest.raises(ValueError, match="rate"):
+        Limits(rate=0)
+
+
 def test_client_ip_trusts_only_configured_proxies() -> None:
     xff = [(b"x-forwarded-for", b"198.51.100.1, 10.0.0.2")]
     assert client_ip(_ws(xff)) == "1.2.3.4"  # no trusted proxies: the peer
@@ -339,3 +379,6 @@ def test_user_id_of() -> None:
     assert user_id_of(User()) == "7"
     with pytest.raises(TypeError, match="expected None, a user id"):
         user_id_of(3.5)
+    for anonymous in ({"id": None}, type("Anon", (), {"id": None})(), ""):
+        with pytest.raises(ValueError, match="without an id"):
+            user_id_of(anonymous)

@@ -189,25 +189,32 @@ class RedisBackend:
         return node.decode() if isinstance(node, bytes) else str(node)
 
     def _presence_keys(self, room: str) -> tuple[str, str]:
-        return f"{self.prefix}:presence:{room}", f"{self.prefix}:presence:{room}:info"
+        # Separate namespaces: no room name can make one room's key another room's.
+        return f"{self.prefix}:presence:z:{room}", f"{self.prefix}:presence:h:{room}"
 
     async def presence_set(self, entries: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         by_room: dict[str, list[str | bytes]] = {}
         for room, cid, info in entries:
             by_room.setdefault(room, []).extend((cid, info))
         ms = max(1, int(ttl * 1000))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for room, args in by_room.items():
-                pipe.eval(_PRESENCE_SET, 2, *self._presence_keys(room), ms, *args)
-            await pipe.execute()
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for room, args in by_room.items():
+                    pipe.eval(_PRESENCE_SET, 2, *self._presence_keys(room), ms, *args)
+                await pipe.execute()
+        except aioredis.ResponseError as exc:  # the server refused: data, not the link
+            raise ValueError(f"Redis refused presence entries: {exc}") from exc
 
     async def presence_remove(self, entries: Sequence[tuple[str, str]]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for room, cid in entries:
-                zkey, hkey = self._presence_keys(room)
-                pipe.zrem(zkey, cid)
-                pipe.hdel(hkey, cid)
-            await pipe.execute()
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for room, cid in entries:
+                    zkey, hkey = self._presence_keys(room)
+                    pipe.zrem(zkey, cid)
+                    pipe.hdel(hkey, cid)
+                await pipe.execute()
+        except aioredis.ResponseError as exc:
+            raise ValueError(f"Redis refused removing presence entries: {exc}") from exc
 
     async def presence_get(self, room: str) -> dict[str, bytes]:
         flat = await self.client.eval(_PRESENCE_GET, 2, *self._presence_keys(room))

@@ -8,6 +8,7 @@ Configured by the environment so that each test server gets the limits it tests:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -34,7 +35,12 @@ def _int(name: str) -> int | None:
     return int(raw) if raw else None
 
 
+AUTH_DELAY = float(os.environ.get("AUTH_DELAY") or 0)
+
+
 async def authenticate(websocket: WebSocket) -> dict[str, str] | None:
+    if AUTH_DELAY:
+        await asyncio.sleep(AUTH_DELAY)  # a hook that awaits (a database, a token service)
     token = get_token(websocket)
     return USERS.get(token) if token else None
 
