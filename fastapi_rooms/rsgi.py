@@ -13,6 +13,7 @@ peer's close code; see the docs page "Running under Granian".
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -362,10 +363,16 @@ def _resolve(future: asyncio.Future[None] | None, exc: BaseException | None = No
 
 
 class RSGIApp:
-    """``RSGIApp(app)``: the same ASGI app under ``granian --interface rsgi`` (and still ASGI)."""
+    """``RSGIApp(app)``: the same ASGI app under ``granian --interface rsgi`` (and still ASGI).
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``freeze_gc=True`` calls ``gc.freeze()`` once the app has started under Granian, so the
+    collector stops rescanning the objects made at start-up: full collections of a busy
+    worker then take a few ms instead of tens (see the Granian docs page for measurements).
+    """
+
+    def __init__(self, app: ASGIApp, *, freeze_gc: bool = False) -> None:
         self.app = app
+        self.freeze_gc = freeze_gc
         self.state: dict[str, Any] = {}
         self._lifespan: _Lifespan | None = None
 
@@ -375,6 +382,9 @@ class RSGIApp:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._lifespan = _Lifespan(self.app, self.state)
         loop.run_until_complete(self._lifespan.startup())
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._lifespan is not None:

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -133,3 +133,10 @@ async def test_hostile_input_leaves_the_worker_serving(bridge: Server) -> None:
         assert "welcome" in await asyncio.wait_for(ws.recv(), 5)
     assert bridge.proc.poll() is None
     assert "panicked" not in bridge.log()
+
+
+def test_freeze_gc_after_startup(serve: Callable[..., Server]) -> None:
+    plain = serve("granian-rsgi", "bridge_app:rsgi_app")
+    frozen = serve("granian-rsgi", "bridge_app:frozen_rsgi_app")
+    assert httpx.get(f"{plain.http}/gc", timeout=10).json() == {"frozen": 0}
+    assert httpx.get(f"{frozen.http}/gc", timeout=10).json()["frozen"] > 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import tempfile
 from collections.abc import AsyncIterator
@@ -106,4 +107,10 @@ async def native(ws: FastAPIWebSocket) -> None:
     await ws.close()
 
 
+@app.get("/gc")
+async def gc_state() -> dict[str, int]:
+    return {"frozen": gc.get_freeze_count()}
+
+
 rsgi_app = RSGIApp(app)
+frozen_rsgi_app = RSGIApp(app, freeze_gc=True)
