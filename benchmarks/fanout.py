@@ -7,10 +7,15 @@
     .venv/bin/python benchmarks/fanout.py \
         --variants plain,rooms,rooms-granian-rsgi,rooms-granian-asgi   # uvicorn vs Granian
     .venv/bin/python benchmarks/fanout.py --variants rooms,rooms-redis-2w --rounds 5  # over Redis
+    .venv/bin/python benchmarks/fanout.py --n 100,1000,5000 \
+        --variants plain,rooms,gather,rooms-granian-rsgi,picows-raw,socketio,broadcaster  # S1
 
 Each variant is served by its own server subprocess (uvicorn with uvloop, httptools and
-websockets-sansio; or Granian, one worker, RSGI or ASGI) pinned to one core, the whole process
-with every thread; this process is the client, pinned to another core. All servers start
+websockets-sansio; or Granian, one worker, RSGI or ASGI; or a bare picows server) pinned to one
+core, the whole process with every thread; this process is the client, pinned to another core.
+Peers: picows-raw (the practical ceiling), python-socketio (the client speaks Engine.IO /
+Socket.IO v4 to it) and encode/broadcaster; a variant whose package is missing is skipped,
+loudly. With several --n values the whole comparison runs once per N. All servers start
 first, N members connect to each and join the room, and a warm-up burst runs. Each round then
 measures every variant in turn (order alternating ABC, CBA, ...): one control message makes the
 server run B broadcasts back to back, and the client times from sending that message until the
@@ -24,6 +29,10 @@ through Redis (--redis-url): half the members on each, the burst asked of the fi
 delivers to its members and publishes to Redis; the second delivers what Redis brings it. The
 time runs until the last member on either process got the last message.
 
+When all variants' connections at once would exceed the client's open-file limit (20 000 here:
+at N=5000, three variants), the comparison at that N runs in groups, each with plain and rooms
+(so every ratio to them stays paired within a round) and as many other variants as fit.
+
 Loopback only; every wait is bounded; servers are stopped by PID even on error or Ctrl-C.
 See benchmarks/README.md.
 """
@@ -34,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import importlib.util
 import json
 import math
 import os
@@ -53,7 +63,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fanout_apps import JOINED, payload
+from peer_apps import JOINED, payload
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -65,7 +75,26 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "rooms-granian-rsgi": ("granian-rsgi", "rooms_rsgi_app"),
     "rooms-granian-asgi": ("granian-asgi", "rooms_app"),
     "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
+    # Peers (S1): a bare picows server, python-socketio, encode/broadcaster.
+    "picows-raw": ("picows", "picows-raw"),
+    "socketio": ("uvicorn", "peer_apps:make_socketio_app"),
+    "broadcaster": ("uvicorn", "make_broadcaster_app"),
 }
+#: What a variant needs beyond the dev extra's basics: (module, distribution, extra). A variant
+#: whose module is missing is skipped, with a message, before anything starts.
+REQUIRES: dict[str, tuple[str, str, str]] = {
+    "rooms-granian-rsgi": ("granian", "granian", "granian"),
+    "rooms-granian-asgi": ("granian", "granian", "granian"),
+    "rooms-redis-2w": ("redis", "redis", "redis"),
+    "picows-raw": ("picows", "picows", "bench"),
+    "socketio": ("socketio", "python-socketio", "bench"),
+    "broadcaster": ("broadcaster", "broadcaster", "bench"),
+}
+#: Variants whose members and control speak Socket.IO v4 (over Engine.IO v4, websocket only).
+SOCKETIO_VARIANTS = {"socketio"}
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+#: Kept in every group when the comparison at one N has to be split (see plan_groups).
+ANCHORS = ("plain", "rooms")
 #: Variants served by several processes sharing the room through Redis: how many processes.
 WORKERS = {"rooms-redis-2w": 2}
 REDIS_VARIANTS = {"rooms-redis-2w"}
@@ -80,16 +109,51 @@ DESCRIPTIONS = {
     "rooms-redis-2w": "fastapi_rooms over Redis, two uvicorn processes on the server core, half "
     "the members on each; the first runs the broadcasts (local delivery + publish), the second "
     "delivers what Redis brings it",
+    "picows-raw": "bare picows server: `transport.send(TEXT, frame)` for every member, "
+    "synchronous, C framing, no task per recipient (the practical ceiling)",
+    "socketio": "python-socketio AsyncServer (ASGI, websocket transport only): members join with "
+    "an event, `await sio.emit('m', msg, room=room)`",
+    "broadcaster": "FastAPI chat on encode/broadcaster `Broadcast('memory://')`: a subscriber "
+    "(queue + sender task) per connection, `await broadcast.publish(room, msg)`",
 }
 SERVER_COMMANDS = {
     "uvicorn": "uvicorn --loop uvloop --http httptools --ws websockets-sansio",
     "granian-rsgi": "granian --interface rsgi --workers 1 --loop uvloop (default runtime threads)",
     "granian-asgi": "granian --interface asgi --workers 1 --loop uvloop (default runtime threads)",
+    "picows": "python benchmarks/peer_apps.py picows-raw (picows server on uvloop)",
 }
-#: The paired ratios the issues ask for (at N=1000): variant over base, at least.
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from an issue, stated for N=1000.
+
+    ``deliveries_per_s``: ``variant``'s deliveries/s over ``base``'s, paired within each round,
+    median over rounds, at least ``goal``. ``latency_p99``: ``variant``'s last-receiver p99 over
+    ``base``'s (the samples of the rounds where both ran, pooled), at most ``goal``.
+    """
+
+    variant: str
+    base: str
+    goal: float
+    metric: str = "deliveries_per_s"
+    stretch: bool = False
+    issue: str = ""
+
+
+TARGET_N = 1000
 TARGETS = [
-    ("rooms-granian-rsgi", "rooms", 1.2),  # RSGI over rooms on uvicorn
-    ("rooms-redis-2w", "rooms", 0.7),  # two processes over Redis against one process
+    # benchmark suite, scenario S1 (one room, N=1000)
+    Target("rooms", "plain", 1.0, issue="S1"),
+    Target("rooms", "gather", 2.0, issue="S1"),
+    Target("rooms", "broadcaster", 2.5, issue="S1"),
+    Target("rooms", "socketio", 5.0, issue="S1"),
+    Target("rooms-granian-rsgi", "plain", 1.3, issue="S1"),
+    Target("rooms-granian-rsgi", "plain", 1.2, metric="latency_p99", issue="S1"),
+    Target("rooms", "picows-raw", 0.8, stretch=True, issue="S1"),
+    # earlier issues
+    Target("rooms-granian-rsgi", "rooms", 1.2, issue="RSGI"),  # RSGI over rooms on uvicorn
+    Target("rooms-redis-2w", "rooms", 0.7, issue="Redis"),  # two processes against one
 ]
 JOINED_BYTES = JOINED.encode()
 DEFAULT_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -106,6 +170,10 @@ def server_label(variant: str) -> str:
 def server_command_text(variant: str) -> str:
     kind, app = VARIANTS[variant]
     text = SERVER_COMMANDS[kind]
+    if kind == "uvicorn" and variant not in WORKERS:
+        target = app if ":" in app else f"fanout_apps:{app}"
+        factory = " --factory" if target.split(":")[1].startswith("make_") else ""
+        text = f"{text}{factory} {target}"
     if variant in WORKERS:
         text = (
             f"{WORKERS[variant]} processes of `{text} --factory fanout_apps:{app}`, all pinned to "
@@ -366,6 +434,89 @@ def make_client(choice: str) -> PicowsClient | SansioClient:
     return SansioClient()
 
 
+SIO_PAYLOAD_HEAD = b'42["m","'  # a payload event, as python-socketio encodes it (no spaces)
+SIO_PAYLOAD_TAIL = b'"]'
+
+
+class SocketIOConn:
+    """Socket.IO v4 over Engine.IO v4 on one plain WebSocket, on top of a client connection.
+
+    It answers the server's pings (``2`` -> ``3``), connects to the default namespace (``40``)
+    when the Engine.IO open packet (``0{...}``) arrives and then, for a member, emits ``join``.
+    The harness gets what the other servers send: ``joined``, each payload without its
+    ``42["m",...]`` wrapper (so the tracker checks the same sequence), the control's ``reply``
+    text; any other packet (disconnect, error, unknown event) as it came, so the tracker counts
+    it as a mismatch. ``send_text`` (the control's commands) emits ``control``.
+    """
+
+    def __init__(
+        self, on_text: OnText, member: str | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.on_text = on_text
+        self.member = member  # the id to join as; None for the control connection
+        self.conn: Any = None
+        self.pending: list[str] = []  # what to send before the connection object is known
+        self.pongs = 0  # pings from the server answered
+        self.ready: asyncio.Future[None] = loop.create_future()  # namespace connected
+
+    def attach(self, conn: Any) -> None:
+        self.conn = conn
+        for text in self.pending:
+            conn.send_text(text)
+        self.pending.clear()
+
+    def _send(self, text: str) -> None:
+        if self.conn is None:
+            self.pending.append(text)
+        else:
+            self.conn.send_text(text)
+
+    def on_frame(self, data: bytes) -> None:
+        if (
+            data.startswith(SIO_PAYLOAD_HEAD)
+            and data.endswith(SIO_PAYLOAD_TAIL)
+            and b"\\" not in data  # nothing JSON-escaped: the string is the bytes in between
+        ):
+            self.on_text(data[len(SIO_PAYLOAD_HEAD) : -len(SIO_PAYLOAD_TAIL)])
+        elif data == b"2":  # Engine.IO ping from the server
+            self._send("3")
+            self.pongs += 1
+        elif data.startswith(b"42"):
+            self._event(data)
+        elif data.startswith(b"40"):  # connected to the namespace: 40{"sid": ...}
+            if self.member is not None:
+                self._send("42" + json.dumps(["join", self.member]))
+            if not self.ready.done():
+                self.ready.set_result(None)
+        elif data.startswith(b"0{"):  # Engine.IO open packet
+            self._send("40")
+        else:
+            self.on_text(data)
+
+    def _event(self, data: bytes) -> None:
+        try:
+            event = json.loads(data[2:])
+        except ValueError:
+            event = None
+        if not isinstance(event, list) or not event:
+            self.on_text(data)
+            return
+        name, args = event[0], event[1:]
+        if name == JOINED and not args:
+            self.on_text(JOINED_BYTES)
+        elif name in ("m", "reply") and len(args) == 1 and isinstance(args[0], str):
+            self.on_text(args[0].encode())
+        else:
+            self.on_text(data)
+
+    def send_text(self, text: str) -> None:
+        self._send("42" + json.dumps(["control", text]))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 class Control:
     """The benchmark's control connection: commands out, one text reply per command."""
 
@@ -403,6 +554,8 @@ class Settings:
 class Result:
     variant: str
     round: int
+    n: int = 0  # room members
+    group: int = 0  # which group of variants, when the comparison at this N was split
     deliveries_per_s: float = 0.0
     burst_seconds: float = 0.0
     server_loop_seconds: float = 0.0
@@ -442,8 +595,9 @@ class Result:
 
 
 def phase_budget(deliveries: int) -> float:
-    """Generous bound for one phase: 20 s plus 1 s per 5000 deliveries (5 k/s is 15x too slow)."""
-    return 20.0 + deliveries / 5000.0
+    """Generous bound for one phase: 20 s plus 1 s per 2000 deliveries (2 k/s is several times
+    slower than the slowest peer, python-socketio, at N=1000)."""
+    return 20.0 + deliveries / 2000.0
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -539,6 +693,8 @@ class Session:
         cores: tuple[int, int] | None = None,
     ) -> None:
         self.variant = variant
+        self.socketio = variant in SOCKETIO_VARIANTS
+        self.sio_conns: list[SocketIOConn] = []
         self.cores = cores  # (server core, client core) when pinned
         self.bases = [f"ws://127.0.0.1:{port}" for port in ports]
         self.cfg = cfg
@@ -559,6 +715,20 @@ class Session:
     def multi(self) -> bool:
         return len(self.bases) > 1
 
+    async def connect(
+        self, base: str, on_text: OnText, on_close: OnClose, member: str | None = None
+    ) -> Any:
+        """A member (``member``: its id) or the control connection (None) to server ``base``."""
+        if not self.socketio:
+            path = "/control" if member is None else f"/members/{member}"
+            return await self.client.connect(f"{base}{path}", on_text, on_close)
+        sio = SocketIOConn(on_text, member, asyncio.get_running_loop())
+        self.sio_conns.append(sio)
+        sio.attach(await self.client.connect(f"{base}{SOCKETIO_PATH}", sio.on_frame, on_close))
+        if member is None:  # a member's join completes with `joined`; control must be connected
+            await asyncio.wait_for(asyncio.shield(sio.ready), 10)
+        return sio
+
     async def open(self) -> None:
         """Connect every member, wait until each was told it joined, connect control, warm up."""
         cfg = self.cfg
@@ -570,19 +740,18 @@ class Session:
 
         async def join(i: int, member: Member) -> None:
             async with limit:
-                member.conn = await self.client.connect(
-                    f"{self.bases[member.group]}/members/m{i}",
+                member.conn = await self.connect(
+                    self.bases[member.group],
                     lambda data, m=member: tracker.on_text(m, data),
                     lambda m=member: tracker.on_close(m),
+                    f"m{i}",
                 )
 
         await asyncio.gather(*(join(i, m) for i, m in enumerate(self.members)))
         await asyncio.shield(tracker.joined_future)
         self.connect_seconds = time.perf_counter() - t0
         for base, control in zip(self.bases, self.controls, strict=True):
-            control.conn = await self.client.connect(
-                f"{base}/control", control.on_text, control.on_close
-            )
+            control.conn = await self.connect(base, control.on_text, control.on_close)
         if cfg.warmup:
             await self.burst(cfg.warmup)
 
@@ -691,7 +860,10 @@ class Session:
         """The first server's control stats; with several servers, the sum of their members
         and delivery counters, each server's own under ``servers``."""
         if not self.multi:
-            return dict(json.loads(await self.control.ask("stats", 10)))
+            stats = dict(json.loads(await self.control.ask("stats", 10)))
+            if self.socketio:  # Engine.IO pings the client answered, on every connection
+                stats["client_pongs"] = sum(c.pongs for c in self.sio_conns)
+            return stats
         each = await self.all_stats()
         total: dict[str, Any] = {
             key: sum(s[key] for s in each)
@@ -731,14 +903,21 @@ def free_port() -> int:
 
 
 def server_command(kind: str, app: str, port: int, n: int) -> list[str]:
-    """The command line serving ``fanout_apps:<app>`` as ``kind`` on 127.0.0.1:``port``."""
+    """The command line serving ``app`` (``module:attr``, module ``fanout_apps`` when bare) as
+    ``kind`` on 127.0.0.1:``port``; for ``picows``, ``app`` names a peer_apps.py server."""
+    target = app if ":" in app else f"fanout_apps:{app}"
     if kind == "uvicorn":
         return [
-            sys.executable, "-m", "uvicorn", f"fanout_apps:{app}",
+            sys.executable, "-m", "uvicorn", target,
             "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
             "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
             "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "5",
-        ] + (["--factory"] if app.startswith("make_") else [])  # fmt: skip
+        ] + (["--factory"] if target.split(":")[1].startswith("make_") else [])  # fmt: skip
+    if kind == "picows":
+        return [
+            sys.executable, str(HERE / "peer_apps.py"), app, "--host", "127.0.0.1",
+            "--port", str(port),
+        ]  # fmt: skip
     if kind in ("granian-rsgi", "granian-asgi"):
         # One worker, default runtime threads and mode. Granian admits at most --backpressure
         # connections at once (default 1024, the backlog): raise it only when N needs more.
@@ -746,7 +925,7 @@ def server_command(kind: str, app: str, port: int, n: int) -> list[str]:
             sys.executable, "-m", "granian", "--interface", kind.split("-")[1],
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop",
             "--backpressure", str(max(1024, n + 16)), "--log-level", "warning",
-            "--no-access-log", "--workers-kill-timeout", "5", f"fanout_apps:{app}",
+            "--no-access-log", "--workers-kill-timeout", "5", target,
         ]  # fmt: skip
     raise ValueError(f"unknown server kind {kind!r}")
 
@@ -1036,12 +1215,20 @@ def burst_messages(rs: list[Result]) -> dict[str, float | None]:
     }
 
 
+def rounds_of(results: Sequence[Result]) -> dict[tuple[int, int], dict[str, Result]]:
+    """The successful results of one N by (group, round): the measurements to pair."""
+    by_round: dict[tuple[int, int], dict[str, Result]] = {}
+    for r in results:
+        if r.error is None:
+            by_round.setdefault((r.group, r.round), {})[r.variant] = r
+    return by_round
+
+
 def summarize(results: list[Result], variants: Sequence[str]) -> dict[str, Any]:
-    """Per variant: spread of rates over rounds, and ratios to plain paired within each round."""
+    """One N, per variant: spread of rates over rounds (over every group it ran in), and ratios
+    to plain and to rooms paired within each round."""
     ok = [r for r in results if r.error is None]
-    by_round: dict[int, dict[str, Result]] = {}
-    for r in ok:
-        by_round.setdefault(r.round, {})[r.variant] = r
+    by_round = rounds_of(results)
     summary: dict[str, Any] = {}
     for v in variants:
         rs = [r for r in ok if r.variant == v]
@@ -1174,23 +1361,83 @@ def added_latency(
     }
 
 
-def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issues' targets (``TARGETS``) whose two variants ran: paired wall-clock ratios."""
+def target_checks(
+    results: Sequence[Result], n: int, variants: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The issues' targets (``TARGETS``) whose two variants ran at this N.
+
+    Each check: ``value`` (the median paired ratio, or the p99 ratio) against ``goal``, ``met``
+    (False when no round paired them), ``applies`` (this N is the one the goal is stated for).
+    """
+    by_round = rounds_of(results)
     checks = []
-    for variant, base, goal in TARGETS:
-        if variant not in summary or f"vs_{base}" not in summary[variant]:
+    for t in TARGETS:
+        if t.variant not in variants or t.base not in variants:
             continue
-        ratio = summary[variant][f"vs_{base}"]["wall"]
-        checks.append(
-            {
-                "variant": variant,
-                "over": base,
-                "at_least": goal,
-                "ratio": ratio,
-                "met": ratio["median"] is not None and ratio["median"] >= goal,
-            }
-        )
+        pairs = [p for p in by_round.values() if t.variant in p and t.base in p]
+        check: dict[str, Any] = {
+            "n": n,
+            "issue": t.issue,
+            "variant": t.variant,
+            "over": t.base,
+            "metric": t.metric,
+            "comparison": "at_most" if t.metric == "latency_p99" else "at_least",
+            "goal": t.goal,
+            "stretch": t.stretch,
+            "stated_for_n": TARGET_N,
+            "applies": n == TARGET_N,
+            "paired_rounds": len(pairs),
+        }
+        if t.metric == "latency_p99":
+            mine = [x for p in pairs for x in p[t.variant].latency_ms]
+            base = [x for p in pairs for x in p[t.base].latency_ms]
+            p99, base_p99 = percentile(mine, 0.99), percentile(base, 0.99)
+            value = p99 / base_p99 if mine and base and base_p99 > 0 else None
+            check["p99_ms"] = {t.variant: p99 if mine else None, t.base: base_p99 if base else None}
+            check["ratio"] = spread(
+                [
+                    percentile(p[t.variant].latency_ms, 0.99)
+                    / percentile(p[t.base].latency_ms, 0.99)
+                    for p in pairs
+                    if p[t.variant].latency_ms and p[t.base].latency_ms
+                ]
+            )
+            check["met"] = value is not None and value <= t.goal
+        else:
+            check["ratio"] = spread(paired(pairs, t.variant, wall, t.base))
+            value = check["ratio"]["median"]
+            check["met"] = value is not None and value >= t.goal
+        check["value"] = value
+        checks.append(check)
     return checks
+
+
+def target_line(t: dict[str, Any]) -> str:
+    """One target check as a line of the report."""
+    kind = "Stretch" if t["stretch"] else "Target"
+    if t["metric"] == "latency_p99":
+        what = (
+            f"{t['variant']} last-receiver p99 <= {t['goal']}x {t['over']}'s "
+            "(latency samples of the paired rounds pooled)"
+        )
+    else:
+        what = (
+            f"{t['variant']} >= {t['goal']}x {t['over']} (deliveries/s, paired, median over rounds)"
+        )
+    r = t["ratio"]
+    if t["value"] is None:
+        result = "no paired round -> **not met**"
+    else:
+        result = f"**{t['value']:.3f}**"
+        if r["median"] is not None:
+            result += f" ({r['min']:.2f}-{r['max']:.2f} by round)"
+        if t["metric"] == "latency_p99":
+            mine, base = t["p99_ms"][t["variant"]], t["p99_ms"][t["over"]]
+            result += f", p99 {ms(mine)} vs {ms(base)} ms"
+        result += " -> " + ("met" if t["met"] else "**not met**")
+    note = "" if t["applies"] else f" (stated for N={t['stated_for_n']}; this is N={t['n']})"
+    issue = f" [{t['issue']}]" if t["issue"] else ""
+    return f"{kind}{issue}: {what}: {result}{note}"
 
 
 def markdown(
@@ -1207,12 +1454,27 @@ def markdown(
             return "-"
         return f"**{s['median']:.2f}** ({s['min']:.2f}-{s['max']:.2f})"
 
-    rounds = max((r.round for r in results), default=0)
+    keys = sorted({(r.group, r.round) for r in results})
+    groups = sorted({r.group for r in results})
     variants = list(summary)
+    split = ""
+    if len(groups) > 1:
+        members = [
+            [v for v in variants if any(r.group == g and r.variant == v for r in results)]
+            for g in groups
+        ]
+        split = (
+            f" The client could not hold every variant's {cfg.n} connections at once, so this N "
+            f"ran in {len(groups)} groups ({'; '.join(', '.join(m) for m in members)}), each "
+            "with plain and rooms: their columns pool every group's rounds, ratios pair within a "
+            "group's round."
+        )
     lines = [
+        f"### N={cfg.n}",
+        "",
         f"Fan-out to one room: N={cfg.n} members, bursts of {cfg.messages} messages of "
-        f"{cfg.size} bytes, {rounds} round(s); ratios are paired within each round "
-        "(median, min-max over rounds); `rooms` is fastapi_rooms on uvicorn.",
+        f"{cfg.size} bytes, {cfg.rounds} round(s); ratios are paired within each round "
+        "(median, min-max over rounds); `rooms` is fastapi_rooms on uvicorn." + split,
         "",
         "| variant | server | deliveries/s min / median / max | vs plain | vs rooms "
         "| deliveries per server CPU-s (median) | CPU vs plain | CPU vs rooms "
@@ -1239,20 +1501,9 @@ def markdown(
             f"| {ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['p99'])} / {ms(lat['max'])} "
             f"| {'yes' if s['all_delivered'] else 'NO'} |"
         )
-    for target in targets:
-        r = target["ratio"]
-        lines += [
-            "",
-            f"Target: {target['variant']} >= {target['at_least']}x {target['over']} "
-            f"(deliveries/s, paired, median over rounds): "
-            + (
-                "no paired round"
-                if r["median"] is None
-                else f"**{r['median']:.3f}** ({r['min']:.2f}-{r['max']:.2f}) -> "
-                + ("met" if target["met"] else "**not met**")
-            )
-            + ("" if cfg.n == 1000 else f" (the target is stated for N=1000; this run N={cfg.n})"),
-        ]
+    if targets:
+        lines.append("")
+        lines += [f"- {target_line(t)}" for t in targets]
     multi = [v for v in variants if "by_server" in summary[v] and summary[v]["rounds_ok"]]
     if multi:
         lines += [
@@ -1305,10 +1556,13 @@ def markdown(
     lines += ["", "Per round, deliveries/s (load average at the start of each measurement):", ""]
     lines.append("| round | " + " | ".join(variants) + " |")
     lines.append("|---|" + "---|" * len(variants))
-    for rnd in range(1, rounds + 1):
+    for group, rnd in keys:
         row = []
         for v in variants:
-            r = next((x for x in results if x.round == rnd and x.variant == v), None)
+            r = next(
+                (x for x in results if (x.group, x.round) == (group, rnd) and x.variant == v),
+                None,
+            )
             row.append(
                 "-"
                 if r is None
@@ -1316,7 +1570,38 @@ def markdown(
                 if r.error
                 else f"{k(r.deliveries_per_s)} (load {r.loadavg_1m})"
             )
-        lines.append(f"| {rnd} | " + " | ".join(row) + " |")
+        label = f"group {group + 1} round {rnd}" if len(groups) > 1 else str(rnd)
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def overview(summary: dict[str, dict[str, Any]]) -> str:
+    """Every N side by side: median deliveries/s, paired ratios to plain and rooms, p50/p99."""
+    ns = list(summary)
+    variants = list(dict.fromkeys(v for n in ns for v in summary[n]))
+
+    def cell(s: dict[str, Any] | None) -> str:
+        if s is None:
+            return "-"
+        if not s["rounds_ok"]:
+            return "failed"
+        parts = [f"{s['deliveries_per_s']['median'] / 1000:.1f} k"]
+        for base in ("plain", "rooms"):
+            r = s.get(f"vs_{base}", {}).get("wall", {}).get("median")
+            if r is not None:
+                parts.append(f"{r:.2f}x {base}")
+        lat = s["latency_ms"]
+        parts.append(f"p50/p99 {ms(lat['p50'])}/{ms(lat['p99'])} ms")
+        return " · ".join(parts)
+
+    lines = [
+        "### All N: median deliveries/s, paired ratios (median over rounds), last-receiver latency",
+        "",
+        "| variant | " + " | ".join(f"N={n}" for n in ns) + " |",
+        "|---|" + "---|" * len(ns),
+    ]
+    for v in variants:
+        lines.append(f"| {v} | " + " | ".join(cell(summary[n].get(v)) for n in ns) + " |")
     return "\n".join(lines)
 
 
@@ -1324,6 +1609,7 @@ def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in (
         "uvicorn", "granian", "starlette", "fastapi", "websockets", "uvloop", "httptools", "picows",
+        "aiofastnet", "python-socketio", "python-engineio", "broadcaster", "anyio",
     ):  # fmt: skip
         try:
             out[dist] = metadata.version(dist)
@@ -1337,7 +1623,12 @@ def versions() -> dict[str, str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--n", type=int, default=None, help="room members (default 1000)")
+    p.add_argument(
+        "--n",
+        default=None,
+        help="room members, or a comma list (100,1000,5000): the whole comparison per N "
+        "(default 1000)",
+    )
     p.add_argument("--messages", type=int, default=None, help="broadcasts per burst (default 200)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all variants (default 3)")
     p.add_argument("--size", type=int, default=32, help="message size in bytes (default 32)")
@@ -1351,12 +1642,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_VARIANTS,
         help=f"comma list of {', '.join(VARIANTS)} (default {DEFAULT_VARIANTS})",
     )
-    p.add_argument("--quick", action="store_true", help="smoke run: N=20, 20 messages, 1 round")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: N=20, 20 messages, 1 round (flags win)"
+    )
     p.add_argument("--client", choices=("auto", "picows", "websockets"), default="auto")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to cores")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/)")
+    p.add_argument(
+        "--max-sockets",
+        type=int,
+        default=None,
+        help="client connections open at once (default: the open-file limit less 256); above "
+        "it the comparison at that N runs in groups, each with plain and rooms",
+    )
     p.add_argument(
         "--redis-url",
         default=DEFAULT_REDIS_URL,
@@ -1365,7 +1665,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {
-        "n": 20 if quick else 1000,
+        "n": "20" if quick else "1000",
         "messages": 20 if quick else 200,
         "rounds": 1 if quick else 3,
         "warmup": 5 if quick else 50,
@@ -1375,13 +1675,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    try:
+        args.n = [int(x) for x in str(args.n).split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--n: a number or a comma list of numbers, got {args.n!r}")
+    if len(set(args.n)) != len(args.n) or not args.n:
+        p.error("--n: give each N once")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(args.variants) - VARIANTS.keys()
     if unknown or not args.variants:
         p.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if len(set(args.variants)) != len(args.variants):
         p.error("--variants: a variant is listed twice")
-    if args.n < 1 or args.messages < 1 or args.rounds < 1:
+    if min(args.n) < 1 or args.messages < 1 or args.rounds < 1:
         p.error("--n, --messages and --rounds must be at least 1")
     if args.size < 11:
         p.error("--size must be at least 11 bytes (the message carries its sequence number)")
@@ -1411,78 +1717,109 @@ def new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    cfg = Settings(
-        n=args.n,
-        messages=args.messages,
-        size=args.size,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        latency_samples=args.latency_samples,
-        latency_interval=args.latency_interval,
-    )
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    pin = not args.no_pin and len(cpus) >= 2 and {args.server_cpu, args.client_cpu} <= set(cpus)
-    if not args.no_pin and not pin:
-        print(f"note: not pinning (usable cpus {cpus})", file=sys.stderr)
-    if pin:
-        os.sched_setaffinity(0, {args.client_cpu})
-    with contextlib.suppress(Exception):
+def missing_packages(variants: Sequence[str]) -> dict[str, str]:
+    """Variants whose package is not installed in this Python, with the message to show."""
+    skipped = {}
+    for v in variants:
+        if v not in REQUIRES:
+            continue
+        module, dist, extra = REQUIRES[v]
+        if importlib.util.find_spec(module) is None:
+            skipped[v] = (
+                f"{dist} is not installed in {sys.executable} "
+                f"(pip install {dist}, or pip install -e '.[{extra}]')"
+            )
+    return skipped
+
+
+def sockets_for(variant: str, n: int) -> int:
+    """Client connections a variant keeps open at N: its members and a control per process."""
+    return n + WORKERS.get(variant, 1)
+
+
+def plan_groups(variants: Sequence[str], n: int, max_sockets: int) -> list[list[str]]:
+    """The groups of variants that run one after the other at this N (usually just one).
+
+    All variants run together when the client can hold all their connections at once. Else
+    each group keeps plain and rooms (``ANCHORS``, when requested), so every ratio to them stays
+    paired within a round, and takes as many other variants, in order, as fit.
+    """
+    if sum(sockets_for(v, n) for v in variants) <= max_sockets:
+        return [list(variants)]
+    anchors = [v for v in variants if v in ANCHORS]
+    base = sum(sockets_for(v, n) for v in anchors)
+    room = max_sockets - base
+    chunks: list[list[str]] = []
+    for v in (v for v in variants if v not in ANCHORS):
+        need = sockets_for(v, n)
+        if need > room:
+            raise ValueError(
+                f"N={n}: {', '.join([*anchors, v])} need {base + need} client connections at "
+                f"once; this client may hold {max_sockets} (--max-sockets, the open-file limit "
+                "less 256)"
+            )
+        if chunks and sum(sockets_for(x, n) for x in chunks[-1]) + need <= room:
+            chunks[-1].append(v)
+        else:
+            chunks.append([v])
+    if not chunks:  # only anchors, and they do not fit together
+        raise ValueError(
+            f"N={n}: {', '.join(anchors)} need {base} client connections at once; this client "
+            f"may hold {max_sockets}"
+        )
+    return [[v for v in variants if v in anchors or v in chunk] for chunk in chunks]
+
+
+def raise_open_files() -> int | None:
+    """Raise this process's open-file limit to its hard limit; the limit now (None if unknown)."""
+    try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = min(hard, max(soft, len(args.variants) * (args.n + 2) + 256))
-        if want > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    client = make_client(args.client)
-    out = args.out or HERE / "results" / (
-        f"fanout-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log_dir = out.parent / "logs"
-    log_dir.mkdir(exist_ok=True)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft == resource.RLIM_INFINITY or soft < hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        return None
 
-    signal.signal(signal.SIGTERM, _terminate)
-    loop = new_loop()
-    asyncio.set_event_loop(loop)
 
-    def run(coro: Any, budget: float) -> Any:
-        return loop.run_until_complete(asyncio.wait_for(coro, budget))
+@dataclass
+class Context:
+    """What every group of every N shares."""
 
-    results: list[Result] = []
+    args: argparse.Namespace
+    client: Any
+    pin: bool
+    log_dir: Path
+    loop: asyncio.AbstractEventLoop
+    redis: Redis | None
+    redis_error: str | None
+
+    def run(self, coro: Any, budget: float) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, budget))
+
+
+def run_group(
+    ctx: Context,
+    cfg: Settings,
+    variants: Sequence[str],
+    group: int,
+    results: list[Result],
+    server_stats: dict[str, list[Any]],
+    server_info: dict[str, list[Any]],
+) -> None:
+    """Start ``variants``' servers, connect N members to each, run the rounds, stop them."""
+    args, run, redis = ctx.args, ctx.run, ctx.redis
     sessions: dict[str, tuple[list[Server], Session]] = {}
-    redis = Redis(args.redis_url) if set(args.variants) & REDIS_VARIANTS else None
-    redis_keys_left: list[str] | None = None
     failed_open: dict[str, str] = {}
-    server_stats: dict[str, Any] = {}
-    server_info: dict[str, Any] = {}
-    started = time.perf_counter()
-    load_start = loadavg()
-    pinned = f"server cpu {args.server_cpu}, client cpu {args.client_cpu}" if pin else "no"
-    print(
-        f"fanout: N={cfg.n} messages={cfg.messages} size={cfg.size} rounds={cfg.rounds} "
-        f"variants={','.join(args.variants)} client={client.name} pinned={pinned} "
-        f"load={load_start}",
-        file=sys.stderr,
-    )
-    if load_start is not None and load_start > 1.5:
-        print(
-            f"warning: load average {load_start:.1f}: other processes compete for the cores; "
-            "absolute numbers will be low and noisy (ratios within a round hold up better)",
-            file=sys.stderr,
-        )
-    interrupted = False
     try:
-        if redis is not None:
-            try:
-                redis.check()
-            except Exception as exc:
-                for variant in REDIS_VARIANTS & set(args.variants):
-                    failed_open[variant] = f"Redis at {redact(redis.url)}: {exc!r}"
-                    print(f"  {variant}: {failed_open[variant]}", file=sys.stderr)
-        for variant in args.variants:
-            if variant in failed_open:
+        for variant in variants:
+            if variant in REDIS_VARIANTS and ctx.redis_error is not None:
+                failed_open[variant] = ctx.redis_error
+                print(f"  {variant}: {ctx.redis_error}", file=sys.stderr)
                 continue
             servers: list[Server] = []
             env = (
@@ -1492,8 +1829,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             try:
                 for _ in range(WORKERS.get(variant, 1)):
-                    cpu = args.server_cpu if pin else None
-                    servers.append(Server(variant, cpu, log_dir, cfg.n, env))
+                    cpu = args.server_cpu if ctx.pin else None
+                    servers.append(Server(variant, cpu, ctx.log_dir, cfg.n, env))
             except Exception as exc:
                 failed_open[variant] = f"{type(exc).__name__}: {exc}"
                 print(f"  {variant}: server failed: {failed_open[variant]}", file=sys.stderr)
@@ -1504,9 +1841,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 variant,
                 [server.port for server in servers],
                 cfg,
-                client,
+                ctx.client,
                 redis.pid if redis is not None and variant in REDIS_VARIANTS else None,
-                (args.server_cpu, args.client_cpu) if pin else None,
+                (args.server_cpu, args.client_cpu) if ctx.pin else None,
             )
             sessions[variant] = (servers, session)
             try:
@@ -1519,9 +1856,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 drop(run, sessions, variant)
                 continue
             infos = [server.info() for server in servers]
-            server_info[variant] = dict(infos[0])
+            info = dict(infos[0])
             if len(infos) > 1:
-                server_info[variant]["servers"] = infos
+                info["servers"] = infos
+            server_info.setdefault(variant, []).append({"group": group, **info})
             print(
                 f"  {variant:18s} {cfg.n} members in {session.connect_seconds:.1f} s  "
                 + "; ".join(
@@ -1538,9 +1876,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for rnd in range(1, cfg.rounds + 1):
             # Alternate the order (ABC, CBA, ...) so a drift in machine speed does not favour one.
-            order = args.variants if rnd % 2 else args.variants[::-1]
+            order = list(variants) if rnd % 2 else list(variants)[::-1]
             for variant in order:
-                result = Result(variant=variant, round=rnd, loadavg_1m=loadavg())
+                result = Result(
+                    variant=variant, round=rnd, n=cfg.n, group=group, loadavg_1m=loadavg()
+                )
                 results.append(result)
                 if variant not in sessions:
                     result.error = failed_open.get(variant, "session lost in an earlier round")
@@ -1557,24 +1897,152 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 print_result(result)
         for variant, (servers, session) in sessions.items():
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                server_stats[variant] = run(session.stats(), 15)
-            if len(servers) > 1 and variant in server_stats:
+            try:
+                stats = run(session.stats(), 15)
+            except (Exception, asyncio.CancelledError) as exc:
+                stats = {"error": f"{type(exc).__name__}: {exc}"}
+            if len(servers) > 1 and "servers" in stats:
                 # Each process's own GET /stats (the rooms router's), backend section included.
-                for server, entry in zip(servers, server_stats[variant]["servers"], strict=True):
+                for server, entry in zip(servers, stats["servers"], strict=True):
                     entry["port"], entry["pid"] = server.port, server.pid
                     try:
                         entry["stats"] = run(
-                            loop.run_in_executor(None, http_json, server.port, "/stats"), 15
+                            ctx.loop.run_in_executor(None, http_json, server.port, "/stats"), 15
                         )
                     except (Exception, asyncio.CancelledError) as exc:
                         entry["stats"] = {"error": f"{type(exc).__name__}: {exc}"}
+            server_stats.setdefault(variant, []).append({"group": group, **stats})
+    except KeyboardInterrupt:
+        cancel_pending(ctx.loop)  # before the connections close and the servers stop
+        raise
+    finally:
+        for variant in list(sessions):
+            drop(run, sessions, variant)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = not args.no_pin and len(cpus) >= 2 and {args.server_cpu, args.client_cpu} <= set(cpus)
+    if not args.no_pin and not pin:
+        print(f"note: not pinning (usable cpus {cpus})", file=sys.stderr)
+    if pin:
+        os.sched_setaffinity(0, {args.client_cpu})
+    open_files = raise_open_files()
+    max_sockets = args.max_sockets or ((open_files or 1024) - 256)
+
+    skipped = missing_packages(args.variants)
+    for variant, why in skipped.items():
+        print(f"SKIPPED {variant}: {why}", file=sys.stderr)
+    variants = [v for v in args.variants if v not in skipped]
+    if not variants:
+        print("error: every requested variant was skipped: nothing to measure", file=sys.stderr)
+        return 2
+    plans: dict[int, list[list[str]]] = {}
+    plan_errors: dict[int, str] = {}
+    for n in args.n:
+        try:
+            plans[n] = plan_groups(variants, n, max_sockets)
+        except ValueError as exc:
+            plan_errors[n] = str(exc)
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        if len(plans[n]) > 1:
+            print(
+                f"note: N={n}: {len(variants)} variants x {n} connections exceed the "
+                f"{max_sockets} the client may hold at once; running {len(plans[n])} groups, "
+                "each with plain and rooms: " + " | ".join(",".join(g) for g in plans[n]),
+                file=sys.stderr,
+            )
+
+    client = make_client(args.client)
+    out = args.out or HERE / "results" / (
+        f"fanout-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = out.parent / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+
+    results: list[Result] = []
+    server_stats: dict[str, dict[str, list[Any]]] = {}
+    server_info: dict[str, dict[str, list[Any]]] = {}
+    runs: dict[str, dict[str, Any]] = {}
+    redis = Redis(args.redis_url) if set(variants) & REDIS_VARIANTS else None
+    redis_keys_left: list[str] | None = None
+    started = time.perf_counter()
+    load_start = loadavg()
+    pinned = f"server cpu {args.server_cpu}, client cpu {args.client_cpu}" if pin else "no"
+    print(
+        f"fanout: N={','.join(map(str, args.n))} messages={args.messages} size={args.size} "
+        f"rounds={args.rounds} variants={','.join(variants)} client={client.name} "
+        f"pinned={pinned} load={load_start}",
+        file=sys.stderr,
+    )
+    if load_start is not None and load_start > 1.5:
+        print(
+            f"warning: load average {load_start:.1f}: other processes compete for the cores; "
+            "absolute numbers will be low and noisy (ratios within a round hold up better)",
+            file=sys.stderr,
+        )
+    redis_error = None
+    if redis is not None:
+        try:
+            redis.check()
+        except Exception as exc:
+            redis_error = f"Redis at {redact(redis.url)}: {exc!r}"
+    ctx = Context(args, client, pin, log_dir, loop, redis, redis_error)
+    settings: list[Settings] = []
+    interrupted = False
+    try:
+        for n in args.n:
+            cfg = Settings(
+                n=n,
+                messages=args.messages,
+                size=args.size,
+                warmup=args.warmup,
+                rounds=args.rounds,
+                latency_samples=args.latency_samples,
+                latency_interval=args.latency_interval,
+            )
+            settings.append(cfg)
+            t0, load0 = time.perf_counter(), loadavg()
+            if n in plan_errors:
+                for variant in variants:
+                    results.append(Result(variant, 1, n=n, error=plan_errors[n]))
+                runs[str(n)] = {"groups": [], "error": plan_errors[n]}
+                continue
+            if len(args.n) > 1:
+                print(f"N={n}", file=sys.stderr)
+            for group, members in enumerate(plans[n]):
+                if len(plans[n]) > 1:
+                    print(
+                        f" group {group + 1}/{len(plans[n])}: {','.join(members)}",
+                        file=sys.stderr,
+                    )
+                run_group(
+                    ctx,
+                    cfg,
+                    members,
+                    group,
+                    results,
+                    server_stats.setdefault(str(n), {}),
+                    server_info.setdefault(str(n), {}),
+                )
+            runs[str(n)] = {
+                "groups": plans[n],
+                "error": None,
+                "wall_seconds": time.perf_counter() - t0,
+                "loadavg_1m_start": load0,
+                "loadavg_1m_end": loadavg(),
+            }
     except KeyboardInterrupt:
         interrupted = True
         cancel_pending(loop)
     finally:
-        for variant in list(sessions):
-            drop(run, sessions, variant)
         stop_all_servers()
         with contextlib.suppress(BaseException):
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -1597,46 +2065,87 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
 
-    summary = summarize(results, args.variants)
-    targets = target_checks(summary)
-    target = next((t for t in targets if t["variant"] == TARGETS[0][0]), None)
+    summary: dict[str, dict[str, Any]] = {}
+    targets: list[dict[str, Any]] = []
+    for cfg in settings:
+        mine = [r for r in results if r.n == cfg.n]
+        ran = [v for v in variants if any(r.variant == v for r in mine)]
+        summary[str(cfg.n)] = summarize(mine, ran)
+        targets += target_checks(mine, cfg.n, ran)
+    common = {k: v for k, v in vars(settings[0]).items() if k != "n"} if settings else {}
     report = {
         "benchmark": "fanout",
         "time": datetime.now(timezone.utc).isoformat(),
-        "settings": {**vars(cfg), "variants": args.variants},
+        "settings": {
+            **common,
+            "n": args.n,
+            "variants": variants,
+            "requested_variants": args.variants,
+            "skipped": skipped,
+            "max_sockets": max_sockets,
+        },
         "method": {
-            "server": "one server process per variant for the whole run, variants alternate "
-            "within each round",
-            "servers": {v: server_command_text(v) for v in args.variants},
+            "server": "one server process per variant for each N, variants alternate within "
+            "each round (in groups that each keep plain and rooms when the client cannot hold "
+            "every variant's connections at once)",
+            "servers": {v: server_command_text(v) for v in variants},
             "server_cpu_time": "whole serving process (all threads; Granian: its worker)",
             "client": f"{client.name} on {type(loop).__module__.split('.')[0]}",
             "pinned": (
                 {"server_cpu": args.server_cpu, "client_cpu": args.client_cpu} if pin else None
             ),
-            "descriptions": {v: DESCRIPTIONS[v] for v in args.variants},
+            "descriptions": {v: DESCRIPTIONS[v] for v in variants},
         },
         "environment": {
             **versions(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "open_files_limit": open_files,
             "loadavg_1m_start": load_start,
             "loadavg_1m_end": loadavg(),
             "fastapi_rooms": library_state(),
         },
         "wall_seconds": time.perf_counter() - started,
+        "runs": runs,
         "summary": summary,
-        "target": target,  # RSGI over rooms (kept for older readers of the record)
         "targets": targets,
         "redis": None if redis is None else {**redis.info, "keys_left": redis_keys_left},
         "server_stats": server_stats,
         "server_info": server_info,
         "results": [vars(r) for r in results],
     }
-    out.write_text(json.dumps(report, indent=2))
-    print(markdown(summary, results, cfg, targets))
+    out.write_text(json.dumps(jsonable(report), indent=2, allow_nan=False))
+    parts = []
+    if skipped:
+        parts.append(
+            "Skipped (package missing): " + "; ".join(f"{v}: {why}" for v, why in skipped.items())
+        )
+    for cfg in settings:
+        mine = [r for r in results if r.n == cfg.n]
+        if str(cfg.n) in runs and runs[str(cfg.n)]["error"]:
+            parts.append(f"### N={cfg.n}\n\nnot run: {runs[str(cfg.n)]['error']}")
+            continue
+        parts.append(
+            markdown(summary[str(cfg.n)], mine, cfg, [t for t in targets if t["n"] == cfg.n])
+        )
+    if len(settings) > 1:
+        parts.append(overview(summary))
+    print("\n\n".join(parts))
     print(f"\nJSON: {out}", file=sys.stderr)
     failed = [r for r in results if r.error or r.delivered != r.expected or r.mismatches]
     return 1 if failed or redis_keys_left else 0
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a statistic of no samples) replaced by None, so
+    the record is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def drop(run: Callable[[Any, float], Any], sessions: dict[str, Any], variant: str) -> None:

@@ -22,6 +22,14 @@ with ``granian --interface rsgi``):
   reaches this process's members directly and the other processes' through Redis. A member is
   told ``joined`` only after ``await manager.sync(room=...)``, once this process's subscription
   to the room is live in Redis.
+- ``make_broadcaster_app`` (``uvicorn --factory``): a FastAPI chat on encode/broadcaster with its
+  memory backend (``Broadcast("memory://")``), as in broadcaster's README: each member's handler
+  runs a receiver task and a sender that iterates its own subscription
+  (``async with broadcast.subscribe(ROOM)``: a queue and a task per member); a broadcast is
+  ``await broadcast.publish(ROOM, msg)``. Imports broadcaster only when the factory is called.
+
+The peers that are not FastAPI apps (a raw picows server, python-socketio) and the wire format
+all of them share (``payload``, ``JOINED``) are in peer_apps.py.
 """
 
 from __future__ import annotations
@@ -34,20 +42,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from peer_apps import JOINED, ROOM, payload
 
 from fastapi_rooms import RoomManager, create_rooms_router
 from fastapi_rooms.rsgi import RSGIApp
 
-ROOM = "bench"
-JOINED = "joined"
-
-
-def payload(seq: int, size: int) -> str:
-    """The ``seq``-th message of a run: ``size`` ASCII characters starting with the number."""
-    head = f"{seq:010d}|"
-    if size < len(head):
-        raise ValueError(f"message size must be at least {len(head)} bytes, got {size}")
-    return head + "x" * (size - len(head))
+__all__ = ["JOINED", "ROOM", "payload"]  # the shared wire format, defined in peer_apps.py
 
 
 Broadcast = Callable[[str], Awaitable[int]]
@@ -182,3 +182,70 @@ def make_rooms_redis_app() -> FastAPI:
     share channels or directory keys) come from benchmarks/fanout.py.
     """
     return _rooms(os.environ["FANOUT_REDIS_URL"], os.environ["FANOUT_REDIS_PREFIX"])
+
+
+# encode/broadcaster, memory backend ------------------------------------------------------------
+
+
+def make_broadcaster_app() -> FastAPI:
+    """FastAPI chat on encode/broadcaster: ``uvicorn --factory fanout_apps:make_broadcaster_app``.
+
+    broadcaster's README example with the memory backend: per member a receiver task and a
+    sender iterating its subscription. A member is told ``joined`` once its subscription exists.
+    ``handed`` counts the live subscriptions at each publish (``publish`` only queues the
+    message; broadcaster's listener task then puts it on every subscriber's queue, and each
+    member's sender sends it).
+    """
+    from contextlib import asynccontextmanager
+
+    import anyio
+    from broadcaster import Broadcast
+
+    broadcast = Broadcast("memory://")
+    subscribed = 0
+    sent = 0
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        await broadcast.connect()
+        try:
+            yield
+        finally:
+            await broadcast.disconnect()
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def receiver(websocket: WebSocket) -> None:
+        async for _ in websocket.iter_text():
+            pass
+
+    async def sender(websocket: WebSocket) -> None:
+        nonlocal subscribed, sent
+        async with broadcast.subscribe(channel=ROOM) as subscriber:
+            subscribed += 1
+            try:
+                await websocket.send_text(JOINED)
+                async for event in subscriber:
+                    await websocket.send_text(event.message)
+                    sent += 1
+            finally:
+                subscribed -= 1
+
+    @app.websocket("/members/{cid}")
+    async def member(websocket: WebSocket, cid: str) -> None:
+        await websocket.accept()
+        async with anyio.create_task_group() as task_group:
+            # run until the first is complete (broadcaster's README)
+            async def run_receiver() -> None:
+                await receiver(websocket)
+                task_group.cancel_scope.cancel()
+
+            task_group.start_soon(run_receiver)
+            await sender(websocket)
+
+    async def publish(message: str) -> int:
+        await broadcast.publish(channel=ROOM, message=message)
+        return subscribed
+
+    _add_control(app, publish, lambda: {"members": subscribed, "messages_delivered": sent})
+    return app
