@@ -172,7 +172,8 @@ def _rooms(backend: str | None = None, prefix: str = "fastapi_rooms") -> FastAPI
 plain_app = _plain(concurrent=False)
 gather_app = _plain(concurrent=True)
 rooms_app = _rooms()
-rooms_rsgi_app = RSGIApp(rooms_app)  # each server is its own process: no state is shared
+# freeze_gc: the documented production setting for RSGI (shorter full GCs, see docs/granian.md)
+rooms_rsgi_app = RSGIApp(rooms_app, freeze_gc=True)  # each server is its own process
 
 
 def make_rooms_redis_app() -> FastAPI:
