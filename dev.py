@@ -3,7 +3,7 @@
 
     python3 dev.py demo    # the chat example on http://127.0.0.1:8000 (in-process backend)
     python3 dev.py test    # lint, types, docs build and the whole test suite
-    python3 dev.py bench   # benchmarks (see benchmarks/README.md)
+    python3 dev.py bench   # every benchmark, then docs/benchmarks.md (see benchmarks/README.md)
 
 Each command creates .venv and installs the package with its extras when pyproject.toml changed.
 """
@@ -38,7 +38,7 @@ def ensure_env() -> None:
     if STAMP.exists() and STAMP.read_text() == digest:
         return
     run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(PY, "-m", "pip", "install", "--quiet", "-e", ".[dev,redis,granian]")
+    run(PY, "-m", "pip", "install", "--quiet", "-e", ".[dev,redis,granian,bench]")
     STAMP.write_text(digest)
 
 
@@ -54,7 +54,11 @@ def test(args: list[str]) -> None:
 
 
 def bench(args: list[str]) -> None:
-    run(PY, "benchmarks/fanout.py", *args)
+    """Every scenario, then docs/benchmarks.md; ``bench fanout ...`` runs fanout.py alone."""
+    if args and args[0] == "fanout":
+        run(PY, "benchmarks/fanout.py", *args[1:])
+    else:
+        run(PY, "benchmarks/run_all.py", *args)
 
 
 def main() -> None:

@@ -1,0 +1,314 @@
+"""Write docs/benchmarks.md (tables) and docs/img/bench-*.png (plots) from benchmark records.
+
+    .venv/bin/python benchmarks/report.py --s1 S1.json [--s7 S7.json] [--s3 S3.json] [--s456 S.json]
+
+``benchmarks/run_all.py`` runs every scenario and then this script. Each input is the JSON
+record one benchmark script wrote; a missing input leaves its section saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+IMG = DOCS / "img"
+
+LABELS = {
+    "plain": "plain loop (uvicorn)",
+    "rooms": "fastapi-rooms (uvicorn)",
+    "gather": "asyncio.gather (uvicorn)",
+    "rooms-granian-rsgi": "fastapi-rooms (Granian RSGI)",
+    "rooms-granian-asgi": "fastapi-rooms (Granian ASGI)",
+    "rooms-redis-2w": "fastapi-rooms, 2 workers + Redis",
+    "picows-raw": "bare picows server (ceiling)",
+    "socketio": "python-socketio (uvicorn)",
+    "broadcaster": "broadcaster (uvicorn)",
+}
+
+
+def _k(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1000:.1f}k"
+
+
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _med(d: dict[str, Any] | None, key: str = "median") -> float | None:
+    return None if not d else d.get(key)
+
+
+def _ratio(summary: dict[str, Any], over: str) -> str:
+    r = summary.get(f"vs_{over}")
+    if not r or not r.get("wall"):
+        return "-"
+    w = r["wall"]
+    if w.get("median") is None:
+        return "-"
+    return f"{w['median']:.2f}x ({w['min']:.2f}-{w['max']:.2f})"
+
+
+def _label(variant: str) -> str:
+    return LABELS.get(variant, variant)
+
+
+def _plot_s1(s1: dict[str, Any]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install -e '.[bench]')", file=sys.stderr)
+        return None
+    ns = [str(n) for n in s1["settings"]["n"]]
+    variants = s1["settings"]["variants"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        values = [
+            (_med(s1["summary"].get(n, {}).get(variant, {}).get("deliveries_per_s")) or 0) / 1000
+            for n in ns
+        ]
+        ax.bar([j + i * width for j in range(len(ns))], values, width, label=_label(variant))
+    ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(ns))])
+    ax.set_xticklabels([f"N={n}" for n in ns])
+    ax.set_ylabel("deliveries/s (thousands, median)")
+    ax.set_title("S1: burst fan-out to one room")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    IMG.mkdir(exist_ok=True)
+    fig.savefig(IMG / "bench-s1.png", dpi=110)
+    plt.close(fig)
+    return "img/bench-s1.png"
+
+
+def _plot_s3(s3: dict[str, Any]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for variant, result in s3.get("summary", {}).items():
+        steps = result.get("steps") or []
+        ax.plot([s["n"] for s in steps], [s["p95_ms"] for s in steps], marker="o",
+                label=_label(variant))  # fmt: skip
+    ax.axhline(250, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("room size N")
+    ax.set_ylabel("p95 latency to the last member (ms)")
+    ax.set_title("S3: 4 broadcasts in flight; the largest room with p95 <= 250 ms")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    IMG.mkdir(exist_ok=True)
+    fig.savefig(IMG / "bench-s3.png", dpi=110)
+    plt.close(fig)
+    return "img/bench-s3.png"
+
+
+def section_s1(s1: dict[str, Any] | None, source: str) -> list[str]:
+    out = ["## S1: burst fan-out to one room", ""]
+    if s1 is None:
+        return [*out, "Not measured in this report.", ""]
+    st = s1["settings"]
+    out += [
+        f"`{source}`: {st['messages']} broadcasts of {st['size']} bytes per burst, "
+        f"{st['rounds']} rounds, variants alternated within each round; ratios are paired "
+        "within a round (median, min-max).",
+        "",
+    ]
+    for n in [str(n) for n in st["n"]]:
+        rows = s1["summary"].get(n, {})
+        out += [
+            f"**N = {n}**",
+            "",
+            "| variant | deliveries/s min / median / max | vs plain | vs rooms | "
+            "last receiver p50 / p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+        for variant in st["variants"]:
+            s = rows.get(variant)
+            if not s:
+                continue
+            d = s.get("deliveries_per_s") or {}
+            lat = s.get("latency_ms") or {}
+            out.append(
+                f"| {_label(variant)} | {_k(d.get('min'))} / **{_k(d.get('median'))}** / "
+                f"{_k(d.get('max'))} | {_ratio(s, 'plain')} | {_ratio(s, 'rooms')} | "
+                f"{_ms(lat.get('p50'))} / {_ms(lat.get('p99'))} |"
+            )
+        out.append("")
+    plot = _plot_s1(s1)
+    if plot:
+        out += [f"![S1 fan-out]({plot})", ""]
+    return out
+
+
+def section_targets(records: Sequence[dict[str, Any] | None]) -> list[str]:
+    out = [
+        "## Targets",
+        "",
+        "| N | variant | over | goal | measured (median) | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        for t in (record or {}).get("targets", []):
+            if not t.get("applies", True):
+                continue
+            value = t.get("value")
+            shown = "-" if value is None else f"{value:.2f}"
+            goal = f"{'>=' if t.get('comparison') == 'at_least' else '<='} {t.get('goal')}"
+            if t.get("stretch"):
+                goal += " (stretch)"
+            met = {True: "yes", False: "**no**", None: "-"}[t.get("met")]
+            out.append(
+                f"| {t.get('n', '')} | {_label(t.get('variant', ''))} | "
+                f"{_label(t.get('over', ''))} ({t.get('metric', '')}) | {goal} | {shown} | {met} |"
+            )
+    return [*out, ""]
+
+
+def section_s2(s1: dict[str, Any] | None) -> list[str]:
+    out = ["## S2: latency to the last receiver at N = 1000", ""]
+    rows = (s1 or {}).get("summary", {}).get("1000")
+    if not rows:
+        return [*out, "Not measured in this report (needs N = 1000 in S1).", ""]
+    ceiling = (rows.get("picows-raw") or {}).get("latency_ms") or {}
+    out += [
+        "One broadcast at a time at a steady interval (open loop), between the bursts of S1; "
+        "the time until the last member has it.",
+        "",
+        "| variant | p50 ms | p99 ms | p99 vs picows ceiling |",
+        "|---|---|---|---|",
+    ]
+    for variant, s in rows.items():
+        lat = s.get("latency_ms") or {}
+        ratio = (
+            lat["p99"] / ceiling["p99"]
+            if lat.get("p99") is not None and ceiling.get("p99")
+            else None
+        )
+        out.append(
+            f"| {_label(variant)} | {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} | {_x(ratio)} |"
+        )
+    return [*out, "", "Target: fastapi-rooms p99 <= 1.5x the picows ceiling.", ""]
+
+
+def section_s3(s3: dict[str, Any] | None, source: str) -> list[str]:
+    out = ["## S3: the largest room with p95 <= 250 ms (4 broadcasts in flight)", ""]
+    if s3 is None:
+        return [*out, "Not measured in this report.", ""]
+    out += [f"`{source}`", "", "| variant | largest N | p95 at each N (ms) |", "|---|---|---|"]
+    for variant, result in s3.get("summary", {}).items():
+        steps = ", ".join(f"{s['n']}: {s['p95_ms']:.0f}" for s in result.get("steps") or [])
+        out.append(f"| {_label(variant)} | {result.get('largest_n') or '-'} | {steps} |")
+    plot = _plot_s3(s3)
+    out.append("")
+    if plot:
+        out += [f"![S3 shootout]({plot})", ""]
+    return out
+
+
+def section_s7(s7: dict[str, Any] | None, source: str) -> list[str]:
+    out = ["## S7: two workers over Redis against one process", ""]
+    if s7 is None:
+        return [*out, "Not measured in this report.", ""]
+    n = str(s7["settings"]["n"][0])
+    rows = s7["summary"][n]
+    out += [
+        f"`{source}`: N = {n}, members split half and half over two uvicorn processes sharing "
+        "the room through Redis; both processes on the server core.",
+        "",
+        "| variant | deliveries/s median | vs rooms | last receiver p50 / p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for variant, s in rows.items():
+        lat = s.get("latency_ms") or {}
+        out.append(
+            f"| {_label(variant)} | {_k(_med(s.get('deliveries_per_s')))} | "
+            f"{_ratio(s, 'rooms')} | {_ms(lat.get('p50'))} / {_ms(lat.get('p99'))} |"
+        )
+    return [*out, "", "Target: >= 0.7x one process.", ""]
+
+
+def section_scenarios(rec: dict[str, Any] | None, source: str) -> list[str]:
+    out = ["## S4-S6: idle connections, many rooms, a stalled client", ""]
+    if rec is None:
+        return [*out, "Not measured in this report.", ""]
+    markdown = rec.get("markdown")
+    if markdown:
+        return [*out, f"`{source}`", "", markdown.strip(), ""]
+    return [*out, f"`{source}`", "", "```json", json.dumps(rec.get("summary"), indent=1), "```", ""]
+
+
+def load(path: str | None) -> tuple[dict[str, Any] | None, str]:
+    if not path:
+        return None, ""
+    p = Path(path)
+    return json.loads(p.read_text()), f"benchmarks/results/{p.name}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--s1", help="fanout.py record with N = 100,1000,5000 (S1, S2)")
+    ap.add_argument("--s3", help="shootout.py record")
+    ap.add_argument("--s456", help="scenarios.py record")
+    ap.add_argument("--s7", help="fanout.py record with rooms-redis-2w")
+    ap.add_argument("--out", default=str(DOCS / "benchmarks.md"))
+    args = ap.parse_args(argv)
+    s1, s1_src = load(args.s1)
+    s3, s3_src = load(args.s3)
+    s456, s456_src = load(args.s456)
+    s7, s7_src = load(args.s7)
+    env = (s1 or s7 or {}).get("environment", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python3 dev.py bench` (`benchmarks/run_all.py`, then "
+        "`benchmarks/report.py`) from the JSON records named in each section. Method, flags "
+        "and every column: `benchmarks/README.md`.",
+        "",
+        "Server pinned to one core, one picows + uvloop client process on the other, loopback "
+        "only; absolute numbers drift 15-25 % between runs on these machines, so compare the "
+        "ratios, which are paired within a round.",
+        "",
+        f"Machine: {env.get('platform', '?')}, {env.get('cpus', '?')} CPUs; Python "
+        f"{env.get('python', '?')}, uvicorn {env.get('uvicorn', '?')}, Granian "
+        f"{env.get('granian', '?')}, picows {env.get('picows', '?')}.",
+        "",
+        *section_s1(s1, s1_src),
+        *section_s2(s1),
+        *section_s3(s3, s3_src),
+        *section_scenarios(s456, s456_src),
+        *section_s7(s7, s7_src),
+        *section_targets([s1, s7, s3, s456]),
+        "## Caveats",
+        "",
+        "- Two cores: the server has one, the client the other; Redis (S7) and Granian's "
+        "helper threads share the server's core. Results on bigger machines will differ.",
+        "- Loopback hides network latency and bandwidth; real clients read slower, so the "
+        "slow-consumer policy matters more in production than here.",
+        "- Peers run in their documented default shape (python-socketio room emit, broadcaster's "
+        "README chat); their authors might tune them further.",
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
