@@ -683,6 +683,10 @@ class Session:
     before and after, outside the timed part.
     """
 
+    #: The Tracker (sub)class ``open`` creates (benchmarks/shootout.py uses one that reports
+    #: each message as soon as every member has it).
+    tracker_class: type[Tracker] = Tracker
+
     def __init__(
         self,
         variant: str,
@@ -732,7 +736,7 @@ class Session:
     async def open(self) -> None:
         """Connect every member, wait until each was told it joined, connect control, warm up."""
         cfg = self.cfg
-        tracker = self.tracker = Tracker(
+        tracker = self.tracker = self.tracker_class(
             cfg.n, self.expected, asyncio.get_running_loop(), groups=len(self.bases)
         )
         limit = asyncio.Semaphore(cfg.connect_concurrency)

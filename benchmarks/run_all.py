@@ -49,7 +49,7 @@ def plan(stamp: str, quick: bool, rounds: int) -> dict[str, list[str]]:
             "plain,rooms,rooms-redis-2w",
             *r,
             *out("s7"),
-        ],  # fmt: skip
+        ],
         "s3": ["shootout.py", *out("s3")],
         "s456": ["scenarios.py", *out("s456")],
     }
@@ -78,8 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
         code = subprocess.call(cmd)
         path = Path(rest[rest.index("--out") + 1])
-        print(f"== {name}: exit {code} after {time.monotonic() - started:.0f}s",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"== {name}: exit {code} after {time.monotonic() - started:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         if path.exists():
             records[name] = path  # a failed run may still have a partial record worth showing
         if code != 0:
