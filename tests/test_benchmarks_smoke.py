@@ -208,3 +208,24 @@ def test_fanout_quick_two_workers_over_redis(tmp_path: Path, redis_url: str) -> 
         assert client.keys(f"{prefix}*") == []  # the servers deleted their directory keys
     finally:
         client.close()
+
+
+def test_shootout_quick(tmp_path: Path) -> None:
+    """benchmarks/shootout.py --quick (S3) for rooms and plain: exit 0, a summary per variant
+    with its steps (N=50,100,200) and a largest N; no timing is asserted."""
+    out = tmp_path / "shootout.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "shootout.py"), "--quick", "--no-pin",
+         "--variants", "rooms,plain", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"rooms", "plain"}
+    for variant, entry in summary.items():
+        steps = entry["steps"]
+        assert steps, variant
+        assert all("error" not in s for s in steps), steps
+        assert all(s["broadcasts"] == 10 and s["p95_ms"] is not None for s in steps), steps
+        assert entry["largest_n"] is None or entry["largest_n"] in {s["n"] for s in steps}
+    assert "| rooms |" in proc.stdout and "| plain |" in proc.stdout
