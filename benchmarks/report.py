@@ -303,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "slow-consumer policy matters more in production than here.",
         "- Peers run in their documented default shape (python-socketio room emit, broadcaster's "
         "README chat); their authors might tune them further.",
+        "- broadcaster's chat wins S1 throughput because each subscriber task drains its whole "
+        "queue in one go: a burst reaches every member only at its end (the 'half the burst' "
+        "column of `benchmarks/README.md` is 1.00 for it, 0.5 for the others) and its latency "
+        "to the last receiver is about twice fastapi-rooms'. fastapi-rooms hands each message "
+        "to every member as it is broadcast.",
+        "- Targets not met are listed as such above; see the closing notes of the benchmark "
+        "issue for what would close the gaps (memory per connection, RSGI tail latency).",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

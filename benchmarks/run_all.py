@@ -1,6 +1,6 @@
 """Run every benchmark scenario in turn, then write docs/benchmarks.md with report.py.
 
-    .venv/bin/python benchmarks/run_all.py              # the full suite (about 45 minutes)
+    .venv/bin/python benchmarks/run_all.py              # the full suite (about an hour)
     .venv/bin/python benchmarks/run_all.py --quick      # tiny sizes: checks the pipeline
     .venv/bin/python benchmarks/run_all.py --only s1,s7 # some scenarios; others stay unmeasured
 
