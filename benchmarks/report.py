@@ -269,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--s7", help="fanout.py record with rooms-redis-2w")
     ap.add_argument("--out", default=str(DOCS / "benchmarks.md"))
     args = ap.parse_args(argv)
+    global IMG
+    IMG = Path(args.out).resolve().parent / "img"  # plots live beside the page they belong to
     s1, s1_src = load(args.s1)
     s3, s3_src = load(args.s3)
     s456, s456_src = load(args.s456)
