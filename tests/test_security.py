@@ -247,11 +247,12 @@ async def test_rate_limit_drops_then_closes(serve: Callable[..., Server], server
 async def test_idle_connections_close_and_pings_keep_them_open(
     serve: Callable[..., Server], server_kind: str
 ) -> None:
-    server = serve(server_kind, APP[server_kind], {"IDLE_TIMEOUT": "0.6", "REDIS_URL": ""})
+    # A generous timeout: a loaded machine may delay a ping by several hundred ms.
+    server = serve(server_kind, APP[server_kind], {"IDLE_TIMEOUT": "1.5", "REDIS_URL": ""})
     async with ws_open(server) as idle, ws_open(server, token="bob-token") as busy:
         await event(idle, "welcome")
         await event(busy, "welcome")
-        for _ in range(4):  # 4 x 0.3 s: longer than the timeout, with a ping in every slice
+        for _ in range(7):  # 7 x 0.3 s: longer than the timeout, with a ping in every slice
             await asyncio.sleep(0.3)  # the client's ping interval, not a wait for an event
             assert await request(busy, type="ping") == {"type": "pong"}
         with pytest.raises(ConnectionClosed) as closed:
