@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar, get_type_hints
 from fastapi import APIRouter, HTTPException, params
 from fastapi.routing import APIWebSocketRoute
 from pydantic import BaseModel, Field, JsonValue
+from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket as StarletteWebSocket
 
@@ -315,11 +316,8 @@ class RoomsRouter(APIRouter):
             async def rooms_protocol(websocket: WebSocket) -> None:
                 await serve_protocol(websocket, manager_, limits_)
 
-            self.add_rooms_websocket(
-                ready_endpoint,
-                rooms_protocol,
-                name="fastapi_rooms_ws",
-                authenticate=authenticate is not None,
+            self._add_ready_endpoint(
+                ready_endpoint, rooms_protocol, authenticate=authenticate is not None
             )
 
     # WebSocket handlers ----------------------------------------------------------------------
@@ -361,6 +359,27 @@ class RoomsRouter(APIRouter):
         if mark is not None:
             mark()
         self.rooms_handlers.append((self.prefix + starlette_path, handler))
+
+    def _add_ready_endpoint(self, path: str, handler: Handler, *, authenticate: bool) -> None:
+        """The ready endpoint as a plain Starlette route: it takes no parameters, so FastAPI's
+        per-connection dependency machinery (about 7 KB per idle connection) buys nothing."""
+        manager = self.manager
+
+        async def endpoint(websocket: StarletteWebSocket) -> None:
+            ws = manager.wrap(websocket)
+            release = await self._admit(ws, authenticate)
+            if release is None:
+                return
+            try:
+                await _serve(handler, ws, {}, manager)
+            finally:
+                release()
+
+        self.routes.append(WebSocketRoute(self.prefix + path, endpoint, name="fastapi_rooms_ws"))
+        mark = getattr(self, "_mark_routes_changed", None)
+        if mark is not None:
+            mark()
+        self.rooms_handlers.append((self.prefix + path, handler))
 
     def websocket(
         self,
