@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, KeysView, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -259,7 +260,7 @@ class RoomManager:
             else self._dumps(self._presence_info(room, connection_id, meta)).encode()
         )
         announcement = (
-            self.encode(self._presence_event(room, "leave", connection_id, meta))
+            self._presence_frame(room, "join", connection_id, meta)
             if self.presence_events and room not in rooms
             else None
         )
@@ -275,7 +276,7 @@ class RoomManager:
         if self.backplane is not None and info is not None:
             self.backplane.presence_add(room, connection_id, info)
         if announcement is not None:
-            self._announce(room, "join", connection_id, meta)
+            self._announce(room, connection_id, announcement)
 
     def _check_join(self, connection_id: str, room: str, joined: int) -> None:
         user_id = self._user_of.get(connection_id)
@@ -317,7 +318,15 @@ class RoomManager:
         if self.backplane is not None:
             self.backplane.presence_remove(room, connection_id)
         if self.presence_events:
-            self._announce(room, "leave", connection_id, meta)
+            try:
+                frame = self._presence_frame(room, "leave", connection_id, meta)
+            except (ValueError, TypeError) as exc:  # a meta that fit the join by a byte or two
+                self._dropped += 1
+                _log.error(
+                    "presence leave event for %s in %r not sent: %s", connection_id, room, exc
+                )
+            else:
+                self._announce(room, connection_id, frame)
 
     def get_room_connections(self, room: str) -> set[str]:
         """A copy of the ids in ``room`` (empty when there is no such room)."""
@@ -338,29 +347,21 @@ class RoomManager:
             "node": self.node_id,
         }
 
-    def _presence_event(self, room: str, event: str, connection_id: str, meta: Any) -> Any:
-        return {
-            "type": "presence",
-            "event": event,
-            "room": room,
-            "connection_id": connection_id,
-            "user_id": self._user_of.get(connection_id),
-            "meta": meta,
-        }
+    def _presence_frame(self, room: str, event: str, connection_id: str, meta: Any) -> Frame:
+        """The encoded ``presence`` event (ValueError when it would exceed the size limit)."""
+        return self.encode(
+            {
+                "type": "presence",
+                "event": event,
+                "room": room,
+                "connection_id": connection_id,
+                "user_id": self._user_of.get(connection_id),
+                "meta": meta,
+            }
+        )
 
-    def _announce(self, room: str, event: str, connection_id: str, meta: Any) -> None:
-        """A presence event to the room's other members on every node (``presence_events``).
-
-        Never raises: join_room checked the event's size before the join.
-        """
-        try:
-            frame = self.encode(self._presence_event(room, event, connection_id, meta))
-        except (ValueError, TypeError) as exc:
-            self._dropped += 1
-            _log.error(
-                "presence %s event for %s in %r not sent: %s", event, connection_id, room, exc
-            )
-            return
+    def _announce(self, room: str, connection_id: str, frame: Frame) -> None:
+        """A presence event to the room's other members on every node (``presence_events``)."""
         members = self._rooms.get(room)
         if members:
             self._deliver(members, frame, connection_id)
@@ -438,11 +439,11 @@ class RoomManager:
         policy. ``exclude`` is an id or ids to skip (for example the sender).
         """
         frame = self.encode(message)
-        envelope = self._envelope("room", room, frame, exclude)
+        publish = self._remote("room", room, frame, exclude)
         members = self._rooms.get(room)
         delivered = self._deliver(members, frame, exclude) if members else 0
-        if envelope is not None:
-            await self._publish(self.backplane.room_channel(room), envelope)  # type: ignore[union-attr]
+        if publish is not None:
+            await publish()
         return delivered
 
     async def broadcast_to_all(self, message: Any, *, exclude: Exclude = None) -> int:
@@ -451,10 +452,10 @@ class RoomManager:
         With a backend, every other node delivers it to its own connections too.
         """
         frame = self.encode(message)
-        envelope = self._envelope("all", "", frame, exclude)
+        publish = self._remote("all", "", frame, exclude)
         delivered = self._deliver(self._connections, frame, exclude)
-        if envelope is not None:
-            await self._publish(self.backplane.all_channel, envelope)  # type: ignore[union-attr]
+        if publish is not None:
+            await publish()
         return delivered
 
     async def send_to(self, connection_id: str, message: Any) -> bool:
@@ -475,22 +476,23 @@ class RoomManager:
         envelope = Envelope(self.node_id, "conn", connection_id, (), frame.data)
         return await backplane.publish_wait(backplane.node_channel_of(node), envelope) > 0
 
-    def _envelope(self, kind: str, target: str, frame: Frame, exclude: Exclude) -> Envelope | None:
-        """The envelope for other nodes (None without a backend), checked before any delivery.
+    def _remote(
+        self, kind: str, target: str, frame: Frame, exclude: Exclude
+    ) -> Callable[[], Awaitable[None]] | None:
+        """The publish to other nodes (None without a backend), checked before any delivery.
 
         ValueError when the excluded ids do not fit an envelope's header.
         """
-        if self.backplane is None:
+        backplane = self.backplane
+        if backplane is None:
             return None
         skip: tuple[str, ...] = ()
         if exclude is not None:
             skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
             encode_envelope(Envelope(self.node_id, kind, target, skip, b""))  # size check
-        return Envelope(self.node_id, kind, target, skip, frame.data)
-
-    async def _publish(self, channel: str, envelope: Envelope) -> None:
-        assert self.backplane is not None
-        await self.backplane.publish(channel, envelope)
+        channel = backplane.room_channel(target) if kind == "room" else backplane.all_channel
+        envelope = Envelope(self.node_id, kind, target, skip, frame.data)
+        return functools.partial(backplane.publish, channel, envelope)
 
     def _deliver_remote(self, envelope: Envelope) -> None:
         """An envelope from another node: deliver to the local connections it names."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, TypeVar, get_type_hints
 
 from fastapi import APIRouter, HTTPException, params
@@ -21,7 +21,7 @@ from .dependencies import STATE_KEY
 from .manager import RoomManager
 from .message import ConnectionClosed
 from .protocol import serve_protocol
-from .security import Limits, client_ip, origin_allowed, user_id_of
+from .security import Limits, _header, client_ip, origin_allowed, user_id_of
 from .websocket import WebSocket
 
 __all__ = ["RoomsRouter", "create_rooms_router"]
@@ -31,13 +31,6 @@ _log = logging.getLogger("fastapi_rooms")
 Handler = Callable[..., Awaitable[None]]
 #: ``authenticate(websocket)`` returns a user (a str id, or with ``.id``) or None to refuse.
 Authenticate = Callable[[WebSocket], Any]
-
-
-def _origin(ws: WebSocket) -> str | None:
-    for name, value in ws.scope.get("headers", ()):
-        if name == b"origin":
-            return str(value.decode("latin-1"))
-    return None
 
 
 H = TypeVar("H", bound=Handler)
@@ -144,8 +137,25 @@ Release = Callable[[], None]
 Gate = Callable[[WebSocket], Awaitable["Release | None"]]
 
 
+async def _gated_serve(
+    handler: Handler,
+    ws: WebSocket,
+    kwargs: dict[str, Any],
+    manager: RoomManager,
+    gate: Gate,
+) -> None:
+    """Pass the gate (origin, limits, authentication), then serve; free the slot after."""
+    release = await gate(ws)
+    if release is None:
+        return  # refused: the gate answered the handshake
+    try:
+        await _serve(handler, ws, kwargs, manager)
+    finally:
+        release()
+
+
 def _endpoint(
-    handler: Handler, path: str, manager: RoomManager, gate: Gate | None = None
+    handler: Handler, path: str, manager: RoomManager, gate: Gate
 ) -> Callable[..., Awaitable[None]]:
     """A FastAPI WebSocket endpoint that calls ``handler(websocket, **path_params, **deps)``."""
     starlette_path, path_types = convert_path(path)
@@ -194,17 +204,7 @@ def _endpoint(
     )
 
     async def endpoint(**kwargs: Any) -> None:
-        ws = manager.wrap(kwargs.pop(ws_name))
-        if gate is None:
-            await _serve(handler, ws, kwargs, manager)
-            return
-        release = await gate(ws)
-        if release is None:
-            return  # refused: the gate answered the handshake
-        try:
-            await _serve(handler, ws, kwargs, manager)
-        finally:
-            release()
+        await _gated_serve(handler, manager.wrap(kwargs.pop(ws_name)), kwargs, manager, gate)
 
     endpoint.__signature__ = inspect.Signature([ws_param, *rest])  # type: ignore[attr-defined]
     endpoint.__name__ = getattr(handler, "__name__", "websocket_handler")
@@ -365,15 +365,11 @@ class RoomsRouter(APIRouter):
         per-connection dependency machinery (about 7 KB per idle connection) buys nothing."""
         manager = self.manager
 
+        async def gate(ws: WebSocket) -> Release | None:
+            return await self._admit(ws, authenticate)
+
         async def endpoint(websocket: StarletteWebSocket) -> None:
-            ws = manager.wrap(websocket)
-            release = await self._admit(ws, authenticate)
-            if release is None:
-                return
-            try:
-                await _serve(handler, ws, {}, manager)
-            finally:
-                release()
+            await _gated_serve(handler, manager.wrap(websocket), {}, manager, gate)
 
         self.routes.append(WebSocketRoute(self.prefix + path, endpoint, name="fastapi_rooms_ws"))
         mark = getattr(self, "_mark_routes_changed", None)
@@ -404,7 +400,7 @@ class RoomsRouter(APIRouter):
     async def _admit(self, ws: WebSocket, authenticate: bool) -> Release | None:
         """Origin, connection limits, then authentication; refuse the handshake or admit."""
         if not origin_allowed(ws, self.allowed_origins):
-            _log.warning("refused a WebSocket from origin %r", _origin(ws))
+            _log.warning("refused a WebSocket from origin %r", _header(ws, b"origin"))
             await ws.reject(403, "origin not allowed")
             return None
         limits = self.limits
@@ -472,18 +468,21 @@ class RoomsRouter(APIRouter):
         deps: list[params.Depends] = []  # the router's own dependencies apply to HTTP routes
         tags: list[Any] = list(self.tags) or ["rooms"]
 
-        def too_big(exc: MessageTooBig) -> HTTPException:
-            return HTTPException(status_code=413, detail=str(exc))
+        @contextmanager
+        def refused_as_http() -> Iterator[None]:
+            """413 for a message over the size limit, 422 for other refused input."""
+            try:
+                yield
+            except MessageTooBig as exc:
+                raise HTTPException(status_code=413, detail=str(exc)) from None
+            except ValueError as exc:  # e.g. too many excluded ids for the backend's envelope
+                raise HTTPException(status_code=422, detail=str(exc)) from None
 
         @self.post("/broadcast", response_model=BroadcastResult, dependencies=deps, tags=tags)
         async def broadcast(body: MessageBody) -> BroadcastResult:
             """Send a message to every connection."""
-            try:
+            with refused_as_http():
                 n = await manager.broadcast_to_all(body.message, exclude=body.exclude or None)
-            except MessageTooBig as exc:
-                raise too_big(exc) from None
-            except ValueError as exc:  # too many excluded ids for the backend's envelope
-                raise HTTPException(422, detail=str(exc)) from None
             return BroadcastResult(connections=n)
 
         @self.post(
@@ -494,14 +493,10 @@ class RoomsRouter(APIRouter):
         )
         async def broadcast_room(room: str, body: MessageBody) -> RoomBroadcastResult:
             """Send a message to every member of a room."""
-            try:
+            with refused_as_http():
                 n = await manager.broadcast_to_room(
                     room, body.message, exclude=body.exclude or None
                 )
-            except MessageTooBig as exc:
-                raise too_big(exc) from None
-            except ValueError as exc:
-                raise HTTPException(422, detail=str(exc)) from None
             return RoomBroadcastResult(room_connections=n)
 
         @self.post(
@@ -513,10 +508,8 @@ class RoomsRouter(APIRouter):
         )
         async def send_to_connection(connection_id: str, body: SendBody) -> SendResult:
             """Send a message to one connection; 404 when it is not connected."""
-            try:
+            with refused_as_http():
                 sent = await manager.send_to(connection_id, body.message)
-            except MessageTooBig as exc:
-                raise too_big(exc) from None
             if not sent:
                 raise HTTPException(404, detail=f"connection {connection_id!r} is not connected")
             return SendResult(connection_id=connection_id)
@@ -559,10 +552,8 @@ class RoomsRouter(APIRouter):
         )
         async def send_to_user(user_id: str, body: SendBody) -> UserSendResult:
             """Send a message to every connection of a user; 404 when none is connected."""
-            try:
+            with refused_as_http():
                 sent = await manager.send_to_user(user_id, body.message)
-            except MessageTooBig as exc:
-                raise too_big(exc) from None
             if not sent:
                 raise HTTPException(404, detail=f"user {user_id!r} has no connection")
             return UserSendResult(user_id=user_id)
