@@ -284,20 +284,10 @@ def _picows() -> dict[str, Any]:
     return _PICOWS
 
 
-class PicowsConn(Conn):
+class PicowsConn(fanout.PicowsConn, Conn):
+    """fanout's picows connection (send_text, close) plus abort and flow control."""
+
     client = "picows"
-
-    def __init__(self, transport: Any, text: Any) -> None:
-        self.transport = transport
-        self.text = text
-
-    def send_text(self, text: str) -> None:
-        self.transport.send(self.text, text.encode())
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.transport.send_close()
-        self.transport.disconnect()
 
     def abort(self) -> None:
         self.transport.disconnect(False)  # graceful=False: close the socket now
