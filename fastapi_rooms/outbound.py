@@ -6,6 +6,13 @@ coroutine by hand: when the socket takes the frame at once (the common case on u
 When ``send`` would suspend, the half-run coroutine goes to a writer task, and later frames wait
 in a bounded queue behind it, so frames to one connection keep their order. A queue that stays
 full triggers the overflow policy: drop the frame, or close the connection (default).
+
+Corking: the first frame a connection gets in a pass of the event loop goes out at once; more
+frames for it in the same pass (a burst of broadcasts) wait until the end of the pass and then
+go out back to back. Consecutive writes to one socket are cheaper for the kernel (TCP
+autocorking) and for the client (one read takes many frames) than writes spread over every
+member. A corked queue that reaches the buffer limit is written at once, so corking never
+triggers the overflow policy.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Literal
@@ -42,13 +50,55 @@ def _resume(coro: Coroutine[Any, Any, None], waiter: Any) -> Generator[Any, Any,
     yield from coro
 
 
+class _Pass:
+    """One event loop's pass counter and the connections corked in the current pass."""
+
+    __slots__ = ("__weakref__", "corked", "epoch", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.epoch = 0
+        self.scheduled = False
+        self.corked: list[Outbound] = []
+
+    def schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._end)
+
+    def _end(self) -> None:
+        self.scheduled = False
+        self.epoch += 1
+        corked, self.corked = self.corked, []
+        for outbound in corked:
+            try:
+                outbound._uncork()
+            except Exception:  # _uncork handles send errors; anything else is a bug to see
+                _log.exception("writing corked frames failed")
+
+
+_passes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pass] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pass_of(loop: asyncio.AbstractEventLoop) -> _Pass:
+    found = _passes.get(loop)
+    if found is None:
+        found = _passes[loop] = _Pass(loop)
+    return found
+
+
 class Outbound:
     """Ordered, bounded delivery of ASGI send events to one connection."""
 
     __slots__ = (
         "_closer",
+        "_corked",
+        "_epoch",
         "_limit",
         "_on_dead",
+        "_pass",
         "_policy",
         "_queue",
         "_send",
@@ -80,6 +130,9 @@ class Outbound:
         self._queue: deque[Event | tuple[Event, asyncio.Future[None]]] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._pass: _Pass | None = None
+        self._epoch = -1  # the pass in which this connection last wrote a frame at once
+        self._corked = False  # frames wait for the end of the pass, not behind a writer
         self.busy = False
         self.closed = False
         self.dropped = 0  # frames refused by the overflow policy
@@ -99,21 +152,60 @@ class Outbound:
             if len(self._queue) < self._limit:
                 self._queue.append(event)
                 return True
+            if self._corked:
+                self._uncork()
+                return self.offer(event)
             return self._overflow()
+        cork = self._pass
+        if cork is None:
+            cork = self._pass = _pass_of(asyncio.get_running_loop())
+        if self._epoch == cork.epoch:  # second frame in this pass: cork it
+            self.busy = self._corked = True
+            self._queue.append(event)
+            cork.corked.append(self)
+            return True
+        self._epoch = cork.epoch
+        if not cork.scheduled:
+            cork.schedule()
+        return self._write(event, None)
+
+    def _write(self, event: Event, waiter: asyncio.Future[None] | None) -> bool:
+        """Run ``send`` by hand; hand it to a writer task if it suspends."""
         coro = self._send(event)
         try:
-            waiter = coro.send(None)  # type: ignore[attr-defined]
+            suspended = coro.send(None)  # type: ignore[attr-defined]
         except StopIteration:
             self.sent += 1
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             return True
         except Exception as exc:
+            if waiter is not None:
+                self._fail_waiters((event, waiter))
             self._fail(exc)
             return False
         self.busy = True
         self._writer = asyncio.get_running_loop().create_task(
-            self._drain(_resume(coro, waiter))  # type: ignore[arg-type]
+            self._drain(_resume(coro, suspended), waiter)  # type: ignore[arg-type]
         )
         return True
+
+    def _uncork(self) -> None:
+        """Write the frames corked in this pass, back to back, until one would suspend."""
+        if not self._corked:
+            return
+        self._corked = False
+        queue = self._queue
+        while queue:
+            entry = queue.popleft()
+            if type(entry) is tuple:
+                written = self._write(entry[0], entry[1])
+            else:
+                written = self._write(entry, None)  # type: ignore[arg-type]
+            if not written or self._writer is not None:
+                return  # failed (queue already cleared) or a writer task took over
+        if not self.closed:
+            self.busy = False
 
     async def send(self, event: Event) -> None:
         """Send a frame and wait until the server took it, after every frame queued before it."""
@@ -138,14 +230,21 @@ class Outbound:
                     self.busy = False
         self.sent += 1
 
-    async def _drain(self, pending: Awaitable[None] | None) -> None:
+    async def _drain(
+        self, pending: Awaitable[None] | None, waiter: asyncio.Future[None] | None = None
+    ) -> None:
         queue = self._queue
         send = self._send
         entry: Event | tuple[Event, asyncio.Future[None]] | None = None
         try:
             if pending is not None:
+                if waiter is not None:
+                    entry = ({}, waiter)  # so that a failure below fails this waiter too
                 await pending
                 self.sent += 1
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                entry = None
             while queue:
                 entry = queue.popleft()
                 if type(entry) is tuple:
@@ -228,6 +327,7 @@ class Outbound:
     def _mark_closed(self) -> None:
         self.closed = True
         self.busy = True
+        self._corked = False
         queue = self._queue
         while queue:
             entry = queue.popleft()

@@ -306,7 +306,7 @@ async def test_redis_outage_local_delivery_goes_on_and_cross_node_resumes(
                 for i in range(20):
                     assert await a.broadcast_to_room("r", f"down{i}") == 1
                 assert await a.send_to("b1", "lost") is False
-            assert pa.texts[-20:] == [f"down{i}" for i in range(20)]
+            assert (await pa.wait_for(21))[-20:] == [f"down{i}" for i in range(20)]
             stats = a.stats()["backend"]
             assert stats["connected"] is False
             assert stats["publish_dropped"] >= 20
@@ -338,7 +338,7 @@ async def test_publish_fails_fast_when_redis_never_answers(private_redis: RedisS
             assert await manager.broadcast_to_room("r", "local") == 1
             assert await manager.broadcast_to_all("all") == 1
             assert await manager.send_to("elsewhere", "x") is False
-        assert peer.texts == ["local", "all"]
+        assert await peer.wait_for(2) == ["local", "all"]
         with pytest.raises(TimeoutError):
             await manager.sync(0.2)
         stats = manager.stats()["backend"]

@@ -35,6 +35,11 @@ class FakePeer:
         return [e["text"] for e in self.sent if e["type"] == "websocket.send" and "text" in e]
 
 
+async def next_pass() -> None:
+    """Let the loop finish its pass: frames corked by back-to-back broadcasts go out then."""
+    await asyncio.sleep(0)
+
+
 def connect(manager: RoomManager, cid: str, **options: Any) -> tuple[WebSocket, FakePeer]:
     peer = FakePeer()
     settings = {"max_buffer": manager.max_buffer, "overflow": manager.overflow,
@@ -86,6 +91,8 @@ async def test_encode_once_and_types() -> None:
     assert await m.broadcast_to_room("r", {"k": "ü"}) == 3
     assert await m.broadcast_to_room("r", b"\x00\x01", exclude="1") == 2
     assert await m.broadcast_to_room("r", "plain", exclude=["0", "2"]) == 1
+    assert len(peers[0].sent) == 1  # the first frame of a pass goes out at once, later ones...
+    await next_pass()  # ...at the end of the pass
     assert [p.sent[0] is peers[0].sent[0] for p in peers] == [True, True, True]  # one event
     assert peers[0].sent[0]["text"] == '{"k":"ü"}'
     assert peers[0].sent[1] == {"type": "websocket.send", "bytes": b"\x00\x01"}
@@ -103,6 +110,7 @@ async def test_slow_member_never_blocks_the_room_and_order_is_kept() -> None:
     slow.writable.clear()  # the slow client's socket is backed up
     for i in range(4):
         assert await m.broadcast_to_room("r", f"m{i}") == 2
+    await next_pass()
     assert fast.texts() == ["m0", "m1", "m2", "m3"]
     assert slow.texts() == []
     assert slow_ws.buffered == 3  # m0 in flight in the writer, m1..m3 queued
@@ -125,7 +133,8 @@ async def test_overflow_close_policy_cuts_off_only_the_slow_member() -> None:
     counts = [await m.broadcast_to_room("r", f"m{i}") for i in range(10)]
     assert counts[:4] == [2, 2, 2, 2]  # m0 in flight + 3 queued
     assert counts[4:] == [1] * 6
-    assert len(fast.texts()) == 10
+    await next_pass()
+    assert fast.texts() == [f"m{i}" for i in range(10)]  # corked past the limit: written, kept
     assert slow_ws.closed and slow_ws.close_code == 1013
     assert m.get_room_connections("r") == {"fast"}
     assert "slow" not in m.connections
@@ -168,6 +177,7 @@ async def test_failed_send_removes_member_everywhere_without_raising() -> None:
     assert bad_ws.closed and "bad" not in m.connections
     assert m.get_room_connections("s") == {"ok"}
     assert await m.broadcast_to_all("y") == 1
+    await next_pass()
     assert ok.texts() == ["x", "y"]
 
 
@@ -225,3 +235,81 @@ async def test_close_before_accept_records_the_code_and_runs_listeners() -> None
     await ws.close(1008, "no")
     assert (ws.close_code, seen) == (1008, [1008])
     assert peer.sent == [{"type": "websocket.close", "code": 1008, "reason": "no"}]
+
+
+async def test_a_burst_is_corked_per_connection_and_keeps_order_with_own_sends() -> None:
+    m = RoomManager()
+    ws_a, a = connect(m, "a")
+    _, b = connect(m, "b")
+    for cid in ("a", "b"):
+        m.join_room(cid, "r")
+    await m.broadcast_to_room("r", "m0")
+    assert a.texts() == ["m0"] and b.texts() == ["m0"]  # first frame of the pass: at once
+    await m.broadcast_to_room("r", "m1")
+    own = asyncio.ensure_future(ws_a.send_text("own"))  # waits behind the corked m1
+    await m.broadcast_to_room("r", "m2", exclude="b")
+    assert a.texts() == ["m0"] and b.texts() == ["m0"]
+    await asyncio.wait_for(own, 1)
+    assert a.texts() == ["m0", "m1", "m2", "own"] or a.texts() == ["m0", "m1", "own", "m2"]
+    assert a.texts().index("own") > a.texts().index("m1")
+    assert b.texts() == ["m0", "m1"]
+    await m.broadcast_to_room("r", "next pass")  # a new pass: at once again
+    assert b.texts()[-1] == "next pass"
+
+
+async def test_a_corked_queue_at_the_limit_is_written_not_dropped() -> None:
+    m = RoomManager(max_buffer=2)
+    ws, peer = connect(m, "a")
+    m.join_room("a", "r")
+    for i in range(10):
+        assert await m.broadcast_to_room("r", f"m{i}") == 1
+    assert len(peer.sent) >= 7  # written at once each time two were corked
+    await next_pass()
+    assert peer.texts() == [f"m{i}" for i in range(10)]
+    assert not ws.closed and ws.dropped == 0 and m.stats()["messages_dropped"] == 0
+
+
+async def test_a_socket_that_backs_up_while_corked_frames_go_out_keeps_order() -> None:
+    m = RoomManager(max_buffer=4)
+    ws, peer = connect(m, "a")
+    m.join_room("a", "r")
+    for i in range(4):
+        await m.broadcast_to_room("r", f"m{i}")
+    peer.writable.clear()  # m1 suspends at the end of the pass: a writer takes over
+    await next_pass()
+    assert peer.texts() == ["m0"] and ws.buffered == 2  # m1 in the writer, m2 and m3 queued
+    for i in range(4, 6):
+        await m.broadcast_to_room("r", f"m{i}")
+    assert ws.buffered == 4  # the limit: the policy applies from here, as without corking
+    peer.writable.set()
+    await asyncio.wait_for(ws._outbound._writer or next_pass(), 1)  # the writer drains
+    assert peer.texts() == [f"m{i}" for i in range(6)] and ws.buffered == 0
+    assert not ws.closed
+
+
+async def test_a_failure_while_writing_corked_frames_fails_only_that_connection() -> None:
+    m = RoomManager()
+    bad_ws, bad = connect(m, "bad")
+    _, ok = connect(m, "ok")
+    for cid in ("bad", "ok"):
+        m.join_room(cid, "r")
+    await m.broadcast_to_room("r", "m0")
+    await m.broadcast_to_room("r", "m1")
+    own = asyncio.ensure_future(bad_ws.send_text("own"))
+    bad.fail = OSError("peer gone")
+    await next_pass()
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(own, 1)
+    assert bad_ws.closed and "bad" not in m.connections
+    assert ok.texts() == ["m0", "m1"]
+
+
+async def test_close_after_corked_frames_sends_them_first() -> None:
+    m = RoomManager()
+    ws, peer = connect(m, "a")
+    m.join_room("a", "r")
+    await m.broadcast_to_room("r", "m0")
+    await m.broadcast_to_room("r", "m1")
+    await asyncio.wait_for(ws.close(1000), 1)
+    assert peer.texts() == ["m0", "m1"]
+    assert peer.sent[-1]["type"] == "websocket.close"
