@@ -187,23 +187,22 @@ class RoomManager:
                 if self.backplane is not None:
                     self.backplane.want(self.backplane.user_channel(user_id))
             conns[connection_id] = ws
-        ws._on_closed((self, connection_id), self._closed_listener(connection_id))
+        # a partial, not a closure: about 0.2 KB less per connection
+        ws._on_closed((self, connection_id), functools.partial(self._closed, connection_id))
         return ws
 
     def user_of(self, connection_id: str) -> str | None:
         """The user a connection belongs to, if any."""
         return self._user_of.get(connection_id)
 
-    def _closed_listener(self, connection_id: str) -> Callable[[WebSocket], None]:
-        def closed(ws: WebSocket) -> None:
-            self._closes[ws.close_code or 1006] += 1
-            self._discarded += ws._outbound.discarded
-            if ws.close_code == SLOW_CONSUMER_CLOSE_CODE:
-                _log.warning("connection %s closed: its outbound buffer overflowed", connection_id)
-            if self._connections.get(connection_id) is ws:
-                self.remove_connection(connection_id)
-
-        return closed
+    def _closed(self, connection_id: str, ws: WebSocket) -> None:
+        """Close listener of a registered connection."""
+        self._closes[ws.close_code or 1006] += 1
+        self._discarded += ws._outbound.discarded
+        if ws.close_code == SLOW_CONSUMER_CLOSE_CODE:
+            _log.warning("connection %s closed: its outbound buffer overflowed", connection_id)
+        if self._connections.get(connection_id) is ws:
+            self.remove_connection(connection_id)
 
     def remove_connection(self, connection_id: str) -> None:
         """Forget a connection and take it out of every room (idempotent)."""
@@ -272,7 +271,10 @@ class RoomManager:
                     self.backplane.want(self.backplane.room_channel(room))
             members[connection_id] = ws
             rooms.add(room)
-        self._meta[(room, connection_id)] = meta
+        if meta is None:  # most joins carry none: keep no entry for them
+            self._meta.pop((room, connection_id), None)
+        else:
+            self._meta[(room, connection_id)] = meta
         if self.backplane is not None and info is not None:
             self.backplane.presence_add(room, connection_id, info)
         if announcement is not None:

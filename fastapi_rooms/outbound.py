@@ -127,7 +127,8 @@ class Outbound:
         self._policy = policy
         self._on_dead = on_dead
         # Entries are send events, or (event, future) for a sender that waits for its frame.
-        self._queue: deque[Event | tuple[Event, asyncio.Future[None]]] = deque()
+        # Made on first use: most connections never queue a frame (a deque is ~0.6 KiB).
+        self._queue: deque[Event | tuple[Event, asyncio.Future[None]]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._pass: _Pass | None = None
@@ -142,15 +143,16 @@ class Outbound:
     @property
     def queued(self) -> int:
         """Frames waiting behind a send in progress."""
-        return len(self._queue)
+        return len(self._queue) if self._queue is not None else 0
 
     def offer(self, event: Event) -> bool:
         """Hand over a frame without waiting; False when dropped or the connection is gone."""
         if self.closed:
             return False
         if self.busy:
-            if len(self._queue) < self._limit:
-                self._queue.append(event)
+            queue = self._pending()
+            if len(queue) < self._limit:
+                queue.append(event)
                 return True
             if self._corked:
                 self._uncork()
@@ -161,13 +163,19 @@ class Outbound:
             cork = self._pass = _pass_of(asyncio.get_running_loop())
         if self._epoch == cork.epoch:  # second frame in this pass: cork it
             self.busy = self._corked = True
-            self._queue.append(event)
+            self._pending().append(event)
             cork.corked.append(self)
             return True
         self._epoch = cork.epoch
         if not cork.scheduled:
             cork.schedule()
         return self._write(event, None)
+
+    def _pending(self) -> deque[Event | tuple[Event, asyncio.Future[None]]]:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        return queue
 
     def _write(self, event: Event, waiter: asyncio.Future[None] | None) -> bool:
         """Run ``send`` by hand; hand it to a writer task if it suspends."""
@@ -213,7 +221,7 @@ class Outbound:
             raise ConnectionClosed()
         if self.busy:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._queue.append((event, future))  # a waiting sender is not subject to the limit
+            self._pending().append((event, future))  # a waiting sender is not subject to the limit
             await future
             return
         self.busy = True
@@ -303,7 +311,7 @@ class Outbound:
             return
         if self.busy:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._queue.append((event, future))
+            self._pending().append((event, future))
             self.closed = True
             try:
                 await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -377,8 +385,9 @@ class RSGIOutbound(Outbound):
         if self.closed:
             return False
         if self.busy:
-            if len(self._queue) < self._limit:
-                self._queue.append(event)
+            queue = self._pending()
+            if len(queue) < self._limit:
+                queue.append(event)
                 return True
             return self._overflow()
         return self._start(event, None)
@@ -440,7 +449,7 @@ class RSGIOutbound(Outbound):
             raise ConnectionClosed()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.busy:
-            self._queue.append((event, waiter))
+            self._pending().append((event, waiter))
         else:
             self._start(event, waiter)
         await waiter
@@ -450,7 +459,7 @@ class RSGIOutbound(Outbound):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.busy:
-            self._queue.append((event, waiter))
+            self._pending().append((event, waiter))
         else:
             self._start(event, waiter)
         self.closed = True

@@ -12,14 +12,13 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from ._frame import MessageTooBig
 from .manager import JoinRefused, RoomManager
-from .message import ConnectionClosed, Message
+from .message import ConnectionClosed
 from .security import Limits, _Bucket
 from .websocket import WebSocket
 
@@ -74,22 +73,6 @@ IDLE_CLOSE_CODE = 1001
 RATE_CLOSE_CODE = 1008
 
 
-async def _messages(websocket: WebSocket, idle_timeout: float | None) -> AsyncIterator[Message]:
-    """Inbound messages until the client closes; closes with 1001 after ``idle_timeout``."""
-    while True:
-        if idle_timeout is None:
-            message = await websocket.receive()  # no wait_for wrapper: one frame less per wait
-        else:
-            try:
-                message = await asyncio.wait_for(websocket.receive(), idle_timeout)
-            except asyncio.TimeoutError:
-                await websocket.close(IDLE_CLOSE_CODE, "idle timeout")
-                return
-        if message.type == "close":
-            return
-        yield message
-
-
 async def serve_protocol(
     websocket: WebSocket, manager: RoomManager, limits: Limits | None = None
 ) -> None:
@@ -109,7 +92,18 @@ async def serve_protocol(
         if getattr(websocket, "user_id", None) is not None:
             welcome["user_id"] = websocket.user_id  # type: ignore[attr-defined]
         await websocket.send_text(json.dumps(welcome))
-        async for message in _messages(websocket, limits.idle_timeout):
+        idle_timeout = limits.idle_timeout
+        while True:  # inline, not an async generator: a frame less per idle connection
+            if idle_timeout is None:
+                message = await websocket.receive()  # no wait_for: one frame less per wait
+            else:
+                try:
+                    message = await asyncio.wait_for(websocket.receive(), idle_timeout)
+                except asyncio.TimeoutError:
+                    await websocket.close(IDLE_CLOSE_CODE, "idle timeout")
+                    break
+            if message.type == "close":
+                break
             if bucket is not None:
                 if not bucket.take():
                     refused += 1
@@ -135,6 +129,8 @@ async def serve_protocol(
                 await websocket.send_text(_error("invalid_message", _describe(exc)))
                 continue
             await _handle(request, websocket, connection_id, manager)
+            # Hold nothing of the last message while idle: it may be large.
+            request = message = None  # type: ignore[assignment]
     except ConnectionClosed:
         pass
     finally:

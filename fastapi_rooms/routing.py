@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -110,52 +111,36 @@ class UserSendResult(BaseModel):
 # Handlers ------------------------------------------------------------------------------------
 
 
-async def _serve(
-    handler: Handler, ws: WebSocket, kwargs: dict[str, Any], manager: RoomManager
-) -> None:
-    """Run a handler; 1011 if it raises after accept, 403 if it returns without accepting."""
-    manager._track(ws)
-    try:
-        await handler(ws, **kwargs)
-    except Exception as exc:
-        if not ws.accepted:
-            raise  # the server answers the handshake with HTTP 500 and logs it
-        if ws.closed and isinstance(exc, ConnectionClosed):
-            _log.debug("handler for %s ended on a closed connection", ws.path)
-        else:
-            _log.exception("WebSocket handler for %s raised; closing with 1011", ws.path)
-            if not ws.closed:
-                await ws.close(1011, "internal error")
-    else:
-        if not ws.closed:
-            await ws.close(1000)  # before accept this rejects the handshake with 403
-    finally:
-        manager._untrack(ws)
+#: Serves one connection: (handler, websocket, keyword arguments, authenticate?).
+Serve = Callable[[Handler, WebSocket, dict[str, Any], bool], Awaitable[None]]
 
 
-Release = Callable[[], None]
-Gate = Callable[[WebSocket], Awaitable["Release | None"]]
+class _ReadyEndpoint:
+    """The ready endpoint's ASGI app. Not a coroutine itself: it returns the router's serve
+    coroutine, so an idle connection holds only that frame and the protocol's."""
 
+    __slots__ = ("_authenticate", "_handler", "_router")
 
-async def _gated_serve(
-    handler: Handler,
-    ws: WebSocket,
-    kwargs: dict[str, Any],
-    manager: RoomManager,
-    gate: Gate,
-) -> None:
-    """Pass the gate (origin, limits, authentication), then serve; free the slot after."""
-    release = await gate(ws)
-    if release is None:
-        return  # refused: the gate answered the handshake
-    try:
-        await _serve(handler, ws, kwargs, manager)
-    finally:
-        release()
+    def __init__(self, router: RoomsRouter, handler: Handler, authenticate: bool) -> None:
+        self._router = router
+        self._handler = handler
+        self._authenticate = authenticate
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        manager = self._router.manager
+        ws = WebSocket(
+            scope,
+            receive,
+            send,
+            max_message_bytes=manager.max_message_bytes,
+            max_buffer=manager.max_buffer,
+            overflow=manager.overflow,
+        )
+        return self._router._serve(self._handler, ws, {}, self._authenticate)
 
 
 def _endpoint(
-    handler: Handler, path: str, manager: RoomManager, gate: Gate
+    handler: Handler, path: str, manager: RoomManager, serve: Serve, authenticate: bool
 ) -> Callable[..., Awaitable[None]]:
     """A FastAPI WebSocket endpoint that calls ``handler(websocket, **path_params, **deps)``."""
     starlette_path, path_types = convert_path(path)
@@ -204,7 +189,7 @@ def _endpoint(
     )
 
     async def endpoint(**kwargs: Any) -> None:
-        await _gated_serve(handler, manager.wrap(kwargs.pop(ws_name)), kwargs, manager, gate)
+        await serve(handler, manager.wrap(kwargs.pop(ws_name)), kwargs, authenticate)
 
     endpoint.__signature__ = inspect.Signature([ws_param, *rest])  # type: ignore[attr-defined]
     endpoint.__name__ = getattr(handler, "__name__", "websocket_handler")
@@ -309,15 +294,10 @@ class RoomsRouter(APIRouter):
         if rest:
             self._add_rest_endpoints()
         if ready_endpoint is not None:
-            manager_ = self.manager
-
-            limits_ = self.limits
-
-            async def rooms_protocol(websocket: WebSocket) -> None:
-                await serve_protocol(websocket, manager_, limits_)
-
+            # a partial, not a wrapper coroutine: one frame less per idle connection
+            protocol = functools.partial(serve_protocol, manager=self.manager, limits=self.limits)
             self._add_ready_endpoint(
-                ready_endpoint, rooms_protocol, authenticate=authenticate is not None
+                ready_endpoint, protocol, authenticate=authenticate is not None
             )
 
     # WebSocket handlers ----------------------------------------------------------------------
@@ -342,10 +322,7 @@ class RoomsRouter(APIRouter):
                 f"{path}: authenticate=True needs create_rooms_router(authenticate=...)"
             )
 
-        async def gate(ws: WebSocket) -> Release | None:
-            return await self._admit(ws, authenticate)
-
-        endpoint = _endpoint(handler, path, self.manager, gate)
+        endpoint = _endpoint(handler, path, self.manager, self._serve, authenticate)
         starlette_path = endpoint.__rooms_handler__[1]  # type: ignore[attr-defined]
         route = APIWebSocketRoute(
             self.prefix + starlette_path,
@@ -361,16 +338,10 @@ class RoomsRouter(APIRouter):
         self.rooms_handlers.append((self.prefix + starlette_path, handler))
 
     def _add_ready_endpoint(self, path: str, handler: Handler, *, authenticate: bool) -> None:
-        """The ready endpoint as a plain Starlette route: it takes no parameters, so FastAPI's
-        per-connection dependency machinery (about 7 KB per idle connection) buys nothing."""
-        manager = self.manager
-
-        async def gate(ws: WebSocket) -> Release | None:
-            return await self._admit(ws, authenticate)
-
-        async def endpoint(websocket: StarletteWebSocket) -> None:
-            await _gated_serve(handler, manager.wrap(websocket), {}, manager, gate)
-
+        """The ready endpoint as a plain Starlette route to a raw ASGI app: it takes no
+        parameters, so FastAPI's per-connection dependency machinery (about 7 KB per idle
+        connection) and Starlette's WebSocket and session wrapper buy nothing."""
+        endpoint = _ReadyEndpoint(self, handler, authenticate)
         self.routes.append(WebSocketRoute(self.prefix + path, endpoint, name="fastapi_rooms_ws"))
         mark = getattr(self, "_mark_routes_changed", None)
         if mark is not None:
@@ -397,8 +368,39 @@ class RoomsRouter(APIRouter):
 
     # Admission -------------------------------------------------------------------------------
 
-    async def _admit(self, ws: WebSocket, authenticate: bool) -> Release | None:
-        """Origin, connection limits, then authentication; refuse the handshake or admit."""
+    async def _serve(
+        self, handler: Handler, ws: WebSocket, kwargs: dict[str, Any], authenticate: bool
+    ) -> None:
+        """Admit (origin, limits, authentication), run the handler, free the slot after.
+
+        1011 if the handler raises after accept, 403 if it returns without accepting.
+        """
+        claimed = await self._admit(ws, authenticate)
+        if claimed is None:
+            return  # refused: the handshake was answered
+        manager = self.manager
+        manager._track(ws)
+        try:
+            await handler(ws, **kwargs)
+        except Exception as exc:
+            if not ws.accepted:
+                raise  # the server answers the handshake with HTTP 500 and logs it
+            if ws.closed and isinstance(exc, ConnectionClosed):
+                _log.debug("handler for %s ended on a closed connection", ws.path)
+            else:
+                _log.exception("WebSocket handler for %s raised; closing with 1011", ws.path)
+                if not ws.closed:
+                    await ws.close(1011, "internal error")
+        else:
+            if not ws.closed:
+                await ws.close(1000)  # before accept this rejects the handshake with 403
+        finally:
+            manager._untrack(ws)
+            self._release(claimed)
+
+    async def _admit(self, ws: WebSocket, authenticate: bool) -> str | None:
+        """Origin, connection limits, then authentication: the client address whose slot was
+        claimed, or None after refusing the handshake."""
         if not origin_allowed(ws, self.allowed_origins):
             _log.warning("refused a WebSocket from origin %r", _header(ws, b"origin"))
             await ws.reject(403, "origin not allowed")
@@ -417,31 +419,25 @@ class RoomsRouter(APIRouter):
         # Claim the slots now: the hook below may await, and other handshakes run meanwhile.
         self._open += 1
         self._open_by_ip[ip] = per_ip + 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self._open -= 1
-            left = self._open_by_ip.get(ip, 1) - 1
-            if left > 0:
-                self._open_by_ip[ip] = left
-            else:
-                self._open_by_ip.pop(ip, None)
-
         if authenticate:
             try:
                 user_id = await self._authenticate(ws)
             except BaseException:
-                release()
+                self._release(ip)
                 raise
             if user_id is None:
-                release()
+                self._release(ip)
                 await ws.reject(403, "authentication required")
                 return None
-        return release
+        return ip
+
+    def _release(self, ip: str) -> None:
+        self._open -= 1
+        left = self._open_by_ip.get(ip, 1) - 1
+        if left > 0:
+            self._open_by_ip[ip] = left
+        else:
+            self._open_by_ip.pop(ip, None)
 
     async def _authenticate(self, ws: WebSocket) -> str | None:
         """Run the hook; the user's id, or None to refuse (a failing hook is logged)."""
