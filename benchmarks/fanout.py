@@ -74,6 +74,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "gather": ("uvicorn", "gather_app"),
     "rooms-granian-rsgi": ("granian-rsgi", "rooms_rsgi_app"),
     "rooms-granian-asgi": ("granian-asgi", "rooms_app"),
+    "rooms-granian-rsgi-default-gc": ("granian-rsgi", "rooms_rsgi_default_gc_app"),
     "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
     # Peers (S1): a bare picows server, python-socketio, encode/broadcaster.
     "picows-raw": ("picows", "picows-raw"),
@@ -85,6 +86,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 REQUIRES: dict[str, tuple[str, str, str]] = {
     "rooms-granian-rsgi": ("granian", "granian", "granian"),
     "rooms-granian-asgi": ("granian", "granian", "granian"),
+    "rooms-granian-rsgi-default-gc": ("granian", "granian", "granian"),
     "rooms-redis-2w": ("redis", "redis", "redis"),
     "picows-raw": ("picows", "picows", "bench"),
     "socketio": ("socketio", "python-socketio", "bench"),
@@ -103,8 +105,11 @@ DESCRIPTIONS = {
     "plain": "Starlette/FastAPI, sequential `await ws.send_text(msg)` loop (FastAPI tutorial)",
     "rooms": "fastapi_rooms `await manager.broadcast_to_room(room, msg)`",
     "gather": "Starlette/FastAPI, `asyncio.gather` of `ws.send_text(msg)`",
-    "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app)` under `granian --interface rsgi`: "
-    "native `transport.send_str` per member (RSGIOutbound)",
+    "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)` "
+    "under `granian --interface rsgi` (the settings docs/granian.md recommends): native "
+    "`transport.send_str` per member (RSGIOutbound)",
+    "rooms-granian-rsgi-default-gc": "the rooms-granian-rsgi app with Python's default garbage "
+    "collector settings: `RSGIApp(app)`",
     "rooms-granian-asgi": "fastapi_rooms, the same app under `granian --interface asgi`",
     "rooms-redis-2w": "fastapi_rooms over Redis, two uvicorn processes on the server core, half "
     "the members on each; the first runs the broadcasts (local delivery + publish), the second "

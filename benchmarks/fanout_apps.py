@@ -172,8 +172,10 @@ def _rooms(backend: str | None = None, prefix: str = "fastapi_rooms") -> FastAPI
 plain_app = _plain(concurrent=False)
 gather_app = _plain(concurrent=True)
 rooms_app = _rooms()
-# freeze_gc: the documented production setting for RSGI (shorter full GCs, see docs/granian.md)
-rooms_rsgi_app = RSGIApp(rooms_app, freeze_gc=True)  # each server is its own process
+# The documented production settings for RSGI (fewer and shorter full GCs, see docs/granian.md);
+# they are process-wide, and each server is its own process.
+rooms_rsgi_app = RSGIApp(rooms_app, freeze_gc=True, gc_threshold=50_000)
+rooms_rsgi_default_gc_app = RSGIApp(rooms_app)  # the same with Python's default GC settings
 
 
 def make_rooms_redis_app() -> FastAPI:

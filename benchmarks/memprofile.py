@@ -41,6 +41,7 @@ APPS = {
 def _profiled(app: Any, top: int) -> Any:
     """Wrap ``app``: ``GET /__snapshot/before`` and ``/__snapshot/after?n=N`` drive tracemalloc."""
     state: dict[str, tracemalloc.Snapshot] = {}
+    tracked_before = [0]
 
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
@@ -54,14 +55,16 @@ def _profiled(app: Any, top: int) -> Any:
         tracked = len(gc.get_objects())
         if path.endswith("/before"):
             state["before"] = snap
-            state["tracked"] = tracked  # type: ignore[assignment]
+            tracked_before[0] = tracked
         else:
             n = int(scope["query_string"].decode().split("=")[1])
             diff = snap.compare_to(state["before"], "lineno")
             total = sum(d.size_diff for d in diff)
-            objects = (tracked - state["tracked"]) / n  # type: ignore[operator]
-            lines = [f"total {total / n:8.0f} B/conn over {n} connections; "
-                     f"{objects:.1f} more objects tracked by the garbage collector per conn"]  # fmt: skip
+            objects = (tracked - tracked_before[0]) / n
+            lines = [
+                f"total {total / n:8.0f} B/conn over {n} connections; "
+                f"{objects:.1f} more objects tracked by the garbage collector per conn"
+            ]
             for d in diff[:top]:
                 frame = d.traceback[0]
                 where = f"{Path(frame.filename).parent.name}/{Path(frame.filename).name}"
@@ -133,7 +136,8 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, __file__, "--serve", str(port), "--app", args.app, "--top", str(args.top)]
+    cmd = [sys.executable, __file__, "--serve", str(port), "--app", args.app]
+    cmd += ["--top", str(args.top)]
     server = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     try:
         deadline = time.monotonic() + 30

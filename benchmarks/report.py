@@ -25,6 +25,7 @@ LABELS = {
     "gather": "asyncio.gather (uvicorn)",
     "rooms-granian-rsgi": "fastapi-rooms (Granian RSGI)",
     "rooms-granian-asgi": "fastapi-rooms (Granian ASGI)",
+    "rooms-granian-rsgi-default-gc": "fastapi-rooms (Granian RSGI, default GC)",
     "rooms-redis-2w": "fastapi-rooms, 2 workers + Redis",
     "picows-raw": "bare picows server (ceiling)",
     "socketio": "python-socketio (uvicorn)",

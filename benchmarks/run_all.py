@@ -21,7 +21,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 S1_VARIANTS = (
-    "plain,rooms,gather,rooms-granian-rsgi,rooms-granian-asgi,picows-raw,socketio,broadcaster"
+    "plain,rooms,gather,rooms-granian-rsgi,rooms-granian-rsgi-default-gc,rooms-granian-asgi,"
+    "picows-raw,socketio,broadcaster"
 )
 
 

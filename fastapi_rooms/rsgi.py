@@ -366,13 +366,24 @@ class RSGIApp:
     """``RSGIApp(app)``: the same ASGI app under ``granian --interface rsgi`` (and still ASGI).
 
     ``freeze_gc=True`` calls ``gc.freeze()`` once the app has started under Granian, so the
-    collector stops rescanning the objects made at start-up: full collections of a busy
-    worker then take a few ms instead of tens (see the Granian docs page for measurements).
+    collector stops rescanning the objects made at start-up. ``gc_threshold=N`` sets the
+    collector's first threshold (Python's default is 700): every frame in flight to Granian
+    is an object the collector tracks, and with thousands in flight frequent young
+    collections promote them, which brings on full collections of every connection's
+    objects (40-70 ms with 1000 connections). Both settings are process-wide; the Granian
+    docs page has the measurements.
     """
 
-    def __init__(self, app: ASGIApp, *, freeze_gc: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, *, freeze_gc: bool = False, gc_threshold: int | None = None
+    ) -> None:
+        if gc_threshold is not None and (
+            isinstance(gc_threshold, bool) or not isinstance(gc_threshold, int) or gc_threshold < 1
+        ):
+            raise ValueError(f"gc_threshold must be a positive int or None, got {gc_threshold!r}")
         self.app = app
         self.freeze_gc = freeze_gc
+        self.gc_threshold = gc_threshold
         self.state: dict[str, Any] = {}
         self._lifespan: _Lifespan | None = None
 
@@ -382,6 +393,8 @@ class RSGIApp:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._lifespan = _Lifespan(self.app, self.state)
         loop.run_until_complete(self._lifespan.startup())
+        if self.gc_threshold is not None:
+            gc.set_threshold(self.gc_threshold, *gc.get_threshold()[1:])
         if self.freeze_gc:
             gc.collect()
             gc.freeze()

@@ -29,7 +29,7 @@ N, MESSAGES = 20, 20
 UVICORN_VARIANTS = ["plain", "rooms", "gather"]
 #: The peers, and the module each needs (the bench extra; dev lists them too).
 PEER_VARIANTS = {"picows-raw": "picows", "socketio": "socketio", "broadcaster": "broadcaster"}
-GRANIAN_VARIANTS = ["rooms-granian-rsgi", "rooms-granian-asgi"]
+GRANIAN_VARIANTS = ["rooms-granian-rsgi", "rooms-granian-rsgi-default-gc", "rooms-granian-asgi"]
 HAVE_GRANIAN = importlib.util.find_spec("granian") is not None
 S1_TARGETS = {
     ("rooms", "plain", "deliveries_per_s"),
@@ -116,7 +116,7 @@ def test_fanout_quick_delivers_everything(client: str, tmp_path: Path) -> None:
     assert report["server_info"][str(N)]["picows-raw"][0]["kind"] == "picows"
     for variant in set(variants) & set(GRANIAN_VARIANTS):
         [info] = report["server_info"][str(N)][variant]
-        assert info["kind"] == variant.removeprefix("rooms-"), info
+        assert info["kind"] == variant.removeprefix("rooms-").removesuffix("-default-gc"), info
         assert info["parent_pid"] is not None, info  # measured in Granian's worker process
     checks = {(t["variant"], t["over"], t["metric"]) for t in report["targets"]}
     assert S1_TARGETS - checks == (set() if HAVE_GRANIAN else {
@@ -230,3 +230,21 @@ def test_shootout_quick(tmp_path: Path) -> None:
         assert all(s["broadcasts"] == 10 and s["p95_ms"] is not None for s in steps), steps
         assert entry["largest_n"] is None or entry["largest_n"] in {s["n"] for s in steps}
     assert "| rooms |" in proc.stdout and "| plain |" in proc.stdout
+
+
+@pytest.mark.parametrize("app", ["rooms", "bare"])
+def test_memprofile_reports_bytes_per_connection(app: str) -> None:
+    """benchmarks/memprofile.py: a server under tracemalloc, a client, a per-line table."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memprofile.py"), "--app", app,
+         "--n", "40", "--top", "60"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{app}: 40 idle connections")
+    total = float(lines[1].split()[1])
+    assert 5_000 < total < 200_000, lines[1]  # bytes per connection: uvicorn's alone are ~25 KB
+    assert "objects tracked by the garbage collector per conn" in lines[1]
+    owners = " ".join(lines[2:])
+    assert ("fastapi_rooms/" in owners) == (app == "rooms")

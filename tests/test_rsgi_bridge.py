@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from fastapi_rooms.rsgi import RSGIApp
 from tests.conftest import Server, start_server
 
 pytestmark = pytest.mark.anyio
@@ -135,8 +137,15 @@ async def test_hostile_input_leaves_the_worker_serving(bridge: Server) -> None:
     assert "panicked" not in bridge.log()
 
 
-def test_freeze_gc_after_startup(serve: Callable[..., Server]) -> None:
+def test_gc_settings_after_startup(serve: Callable[..., Server]) -> None:
     plain = serve("granian-rsgi", "bridge_app:rsgi_app")
-    frozen = serve("granian-rsgi", "bridge_app:frozen_rsgi_app")
-    assert httpx.get(f"{plain.http}/gc", timeout=10).json() == {"frozen": 0}
-    assert httpx.get(f"{frozen.http}/gc", timeout=10).json()["frozen"] > 1000
+    tuned = serve("granian-rsgi", "bridge_app:frozen_rsgi_app")
+    assert httpx.get(f"{plain.http}/gc", timeout=10).json() == {"frozen": 0, "threshold": 700}
+    state = httpx.get(f"{tuned.http}/gc", timeout=10).json()
+    assert state["frozen"] > 1000 and state["threshold"] == 50_000
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "700", True])
+def test_gc_threshold_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises(ValueError, match="gc_threshold must be a positive int or None, got"):
+        RSGIApp(FastAPI(), gc_threshold=bad)  # type: ignore[arg-type]

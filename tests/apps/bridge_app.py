@@ -109,8 +109,8 @@ async def native(ws: FastAPIWebSocket) -> None:
 
 @app.get("/gc")
 async def gc_state() -> dict[str, int]:
-    return {"frozen": gc.get_freeze_count()}
+    return {"frozen": gc.get_freeze_count(), "threshold": gc.get_threshold()[0]}
 
 
 rsgi_app = RSGIApp(app)
-frozen_rsgi_app = RSGIApp(app, freeze_gc=True)
+frozen_rsgi_app = RSGIApp(app, freeze_gc=True, gc_threshold=50_000)
