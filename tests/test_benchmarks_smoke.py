@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,19 @@ def test_memprofile_reports_bytes_per_connection(app: str) -> None:
     assert "objects tracked by the garbage collector per conn" in lines[1]
     owners = " ".join(lines[2:])
     assert ("fastapi_rooms/" in owners) == (app == "rooms")
+
+
+def test_profile_burst_reports_where_the_time_goes(tmp_path: Path) -> None:
+    """benchmarks/profile_burst.py: py-spy on a fanout.py server, a markdown summary."""
+    out = tmp_path / "profile.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_burst.py"), "--n", "20",
+         "--messages", "50", "--rounds", "3", "--duration", "2", "--out-md", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert text.strip() == done.stdout.strip()
+    assert "| package (own code) | share of samples |" in text
+    shares = [float(m) for m in re.findall(r"\| ([\d.]+) % \|", text.split("| function")[0])]
+    assert shares and abs(sum(shares) - 100) < 1.0, shares  # every sample counted once
