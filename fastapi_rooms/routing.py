@@ -115,6 +115,9 @@ class UserSendResult(BaseModel):
 Serve = Callable[[Handler, WebSocket, dict[str, Any], bool], Awaitable[None]]
 
 
+_NO_ARGUMENTS: dict[str, Any] = {}  # shared, never changed: handler(ws, **_NO_ARGUMENTS)
+
+
 class _ReadyEndpoint:
     """The ready endpoint's ASGI app. Not a coroutine itself: it returns the router's serve
     coroutine, so an idle connection holds only that frame and the protocol's."""
@@ -136,7 +139,7 @@ class _ReadyEndpoint:
             max_buffer=manager.max_buffer,
             overflow=manager.overflow,
         )
-        return self._router._serve(self._handler, ws, {}, self._authenticate)
+        return self._router._serve(self._handler, ws, _NO_ARGUMENTS, self._authenticate)
 
 
 def _endpoint(
