@@ -8,11 +8,11 @@ in a bounded queue behind it, so frames to one connection keep their order. A qu
 full triggers the overflow policy: drop the frame, or close the connection (default).
 
 Corking: the first frame a connection gets in a pass of the event loop goes out at once; more
-frames for it in the same pass (a burst of broadcasts) wait until the end of the pass and then
-go out back to back. Consecutive writes to one socket are cheaper for the kernel (TCP
-autocorking) and for the client (one read takes many frames) than writes spread over every
-member. A corked queue that reaches the buffer limit is written at once, so corking never
-triggers the overflow policy.
+frames for it in the same pass (a burst of broadcasts) wait, up to 32 frames or 64 KiB, and
+then go out back to back (at the end of the pass, or when the cork is full). Consecutive writes
+to one socket are cheaper for the kernel (TCP autocorking) and for the client (one read takes
+many frames) than writes spread over every member. Corked frames are not subject to the buffer
+limit: a full cork is written, never dropped.
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ Send = Callable[[Event], Awaitable[None]]
 
 #: Close code for a connection closed because its outbound buffer overflowed (Try Again Later).
 SLOW_CONSUMER_CLOSE_CODE = 1013
+
+# A cork holds at most this many frames or bytes, then they are written and a new cork starts:
+# batches keep the cheap back-to-back writes, and a long burst still reaches every member in
+# turn, so each client reads while the others are written (one unbounded cork per pass would
+# put a whole burst into one socket at once and overflow clients that keep up).
+_CORK_FRAMES = 32
+_CORK_BYTES = 64 * 1024
+
+
+def _size(event: Event) -> int:
+    data = event.get("text")
+    if data is None:
+        data = event.get("bytes")
+    return 0 if data is None else len(data)
 
 _log = logging.getLogger("fastapi_rooms")
 
@@ -94,6 +108,8 @@ class Outbound:
 
     __slots__ = (
         "_closer",
+        "_cork_bytes",
+        "_cork_frames",
         "_corked",
         "_epoch",
         "_limit",
@@ -134,6 +150,8 @@ class Outbound:
         self._pass: _Pass | None = None
         self._epoch = -1  # the pass in which this connection last wrote a frame at once
         self._corked = False  # frames wait for the end of the pass, not behind a writer
+        self._cork_frames = min(limit, _CORK_FRAMES)
+        self._cork_bytes = 0
         self.busy = False
         self.closed = False
         self.dropped = 0  # frames refused by the overflow policy
@@ -151,12 +169,16 @@ class Outbound:
             return False
         if self.busy:
             queue = self._pending()
+            if self._corked:
+                if len(queue) < self._cork_frames and self._cork_bytes < _CORK_BYTES:
+                    queue.append(event)
+                    self._cork_bytes += _size(event)
+                    return True
+                self._uncork()  # a full cork: write this batch now, start another
+                return self.offer(event)
             if len(queue) < self._limit:
                 queue.append(event)
                 return True
-            if self._corked:
-                self._uncork()
-                return self.offer(event)
             return self._overflow()
         cork = self._pass
         if cork is None:
@@ -164,6 +186,7 @@ class Outbound:
         if self._epoch == cork.epoch:  # second frame in this pass: cork it
             self.busy = self._corked = True
             self._pending().append(event)
+            self._cork_bytes = _size(event)
             cork.corked.append(self)
             return True
         self._epoch = cork.epoch
