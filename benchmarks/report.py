@@ -265,6 +265,14 @@ PROFILES = {
 BEFORE_CORK_RATE = 79_300
 
 
+def _write_share(path: Path) -> float | None:
+    """The share of samples on uvicorn's transport.write line in a profile_burst.py summary."""
+    for line in path.read_text().splitlines():
+        if "websockets_sansio_impl.py:514" in line:
+            return float(line.rsplit("|", 2)[1].strip().rstrip("%").strip()) / 100
+    return None
+
+
 def section_profile(s1: dict[str, Any] | None) -> list[str]:
     out = ["## Where the time goes (py-spy)", ""]
     found = {title: path for title, path in PROFILES.items() if path.exists()}
@@ -272,28 +280,49 @@ def section_profile(s1: dict[str, Any] | None) -> list[str]:
         return [*out, "Not profiled in this report.", ""]
     rooms = ((s1 or {}).get("summary", {}).get("1000", {}) or {}).get("rooms", {})
     after = _med(rooms.get("deliveries_per_s"))
-    rate = f"{_k(after)}" if after else "-"
-    per = f"{1e6 / after * 0.509:.1f}" if after else "-"
-    out += [
+    shares = [_write_share(path) for path in PROFILES.values() if path.exists()]
+    text = (
         "fastapi-rooms on uvicorn, one room of 1000, bursts of 400 broadcasts "
         "(`benchmarks/profile_burst.py`). The largest share, before and after, is one line of "
         "uvicorn: `self.transport.write(...)` in `websockets_sansio_impl.py` (line 514), one "
         "`send()` system call per frame. Corking (the first frame of a connection in a loop "
-        "pass goes out at once, the rest of that pass's frames follow back to back at the end "
-        "of the pass) makes those calls cheaper: consecutive small writes to one socket cost "
-        "the kernel less (TCP autocorking) and the client reads many frames per wake-up. That "
-        "line's share fell from 63.8 % to 50.9 % while deliveries/s rose from "
-        f"{_k(BEFORE_CORK_RATE)} (S1 before) to {rate} (S1 above), so writing went from "
-        f"{1e6 / BEFORE_CORK_RATE * 0.638:.1f} to {per} us per delivery. fastapi_rooms' own "
-        "code is about a tenth of the samples. The rest is "
-        "uvicorn's and websockets' per-frame work: ASGI carries one frame per send event, so "
-        "frames cannot share a write, which is why a bare picows server (C framing, no ASGI) "
-        "stays ahead.",
-        "",
-    ]
+        "pass goes out at once, the rest of that pass's frames follow back to back in batches "
+        "of up to 32 frames or 64 KiB) makes those calls cheaper: consecutive small writes to "
+        "one socket cost the kernel less (TCP autocorking) and the client reads many frames "
+        "per wake-up."
+    )
+    before_share, after_share = [*shares, None, None][:2]
+    if before_share is not None and after_share is not None and after:
+        text += (
+            f" That line's share went from {100 * before_share:.1f} % to "
+            f"{100 * after_share:.1f} % of the samples while deliveries/s rose from "
+            f"{_k(BEFORE_CORK_RATE)} (S1 before) to {_k(after)} (S1 above): about "
+            f"{1e6 / BEFORE_CORK_RATE * before_share:.1f} then "
+            f"{1e6 / after * after_share:.1f} us of writing per delivery."
+        )
+    text += (
+        " fastapi_rooms' own code is about a tenth of the samples. The rest is uvicorn's and "
+        "websockets' per-frame work: ASGI carries one frame per send event, so frames cannot "
+        "share a write, which is why a bare picows server (C framing, no ASGI) stays ahead."
+    )
+    out += [text, ""]
     for title, path in found.items():
         out += [f"### {title}", "", path.read_text().strip(), ""]
     return out
+
+
+def _ceiling_caveat(s1: dict[str, Any] | None) -> list[str]:
+    """The picows ceiling over broadcaster at N = 1000: above it no ratio over broadcaster is."""
+    by = ((s1 or {}).get("summary", {}) or {}).get("1000", {})
+    ceiling = _med((by.get("picows-raw") or {}).get("deliveries_per_s"))
+    peer = _med((by.get("broadcaster") or {}).get("deliveries_per_s"))
+    if not ceiling or not peer:
+        return []
+    return [
+        f"- The bare picows server (no ASGI, C framing) made {ceiling / peer:.2f}x "
+        "broadcaster's deliveries/s at N = 1000: in this harness not even the practical "
+        "ceiling reaches the S1 target of 2.5x broadcaster."
+    ]
 
 
 def load(path: str | None) -> tuple[dict[str, Any] | None, str]:
@@ -348,13 +377,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "slow-consumer policy matters more in production than here.",
         "- Peers run in their documented default shape (python-socketio room emit, broadcaster's "
         "README chat); their authors might tune them further.",
-        "- broadcaster's chat wins S1 throughput because each subscriber task drains its whole "
-        "queue in one go: a burst reaches every member only at its end (the 'half the burst' "
-        "column of `benchmarks/README.md` is 1.00 for it, 0.5 for the others) and its latency "
-        "to the last receiver is about twice fastapi-rooms'. fastapi-rooms hands each message "
-        "to every member as it is broadcast.",
+        *_ceiling_caveat(s1),
+        "- broadcaster's chat has a task per member that drains the member's whole queue in "
+        "one go, so a burst reaches each member as one batch (fastapi-rooms batches up to 32 "
+        "frames per member the same way, see the profile above); its latency to the last "
+        "receiver is about twice fastapi-rooms'.",
+        "- Granian RSGI is measured with `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)`, "
+        "the settings docs/granian.md recommends; `rooms-granian-rsgi-default-gc` is the same "
+        "app with Python's defaults (its p99 shows the full garbage collections).",
+        "- S4's base is a bare Starlette app. A FastAPI app pays for FastAPI's own per-request "
+        "frames (middleware, included routers) on every WebSocket: about 3 KB per idle "
+        "connection by `benchmarks/memprofile.py` (tracemalloc), more than the 2 KiB target "
+        "by itself; the `fastapi-uvicorn` case of `benchmarks/scenarios.py` measures a bare "
+        "FastAPI WebSocket endpoint.",
         "- Targets not met are listed as such above; see the closing notes of the benchmark "
-        "issue for what would close the gaps (memory per connection, RSGI tail latency).",
+        "issue for what is left (memory per connection, Granian RSGI throughput).",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
