@@ -287,7 +287,7 @@ def section_profile(s1: dict[str, Any] | None) -> list[str]:
         "uvicorn: `self.transport.write(...)` in `websockets_sansio_impl.py` (line 514), one "
         "`send()` system call per frame. Corking (the first frame of a connection in a loop "
         "pass goes out at once, the rest of that pass's frames follow back to back in batches "
-        "of up to 32 frames or 64 KiB) makes those calls cheaper: consecutive small writes to "
+        "of up to 256 frames or 64 KiB) makes those calls cheaper: consecutive small writes to "
         "one socket cost the kernel less (TCP autocorking) and the client reads many frames "
         "per wake-up."
     )
@@ -379,8 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "README chat); their authors might tune them further.",
         *_ceiling_caveat(s1),
         "- broadcaster's chat has a task per member that drains the member's whole queue in "
-        "one go, so a burst reaches each member as one batch (fastapi-rooms batches up to 32 "
-        "frames per member the same way, see the profile above); its latency to the last "
+        "one go, so a burst reaches each member as one batch (fastapi-rooms batches up to 256 "
+        "frames or 64 KiB per member the same way, see the profile above); its latency to the last "
         "receiver is about twice fastapi-rooms'.",
         "- Granian RSGI is measured with `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)`, "
         "the settings docs/granian.md recommends; `rooms-granian-rsgi-default-gc` is the same "

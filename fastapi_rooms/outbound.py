@@ -8,7 +8,7 @@ in a bounded queue behind it, so frames to one connection keep their order. A qu
 full triggers the overflow policy: drop the frame, or close the connection (default).
 
 Corking: the first frame a connection gets in a pass of the event loop goes out at once; more
-frames for it in the same pass (a burst of broadcasts) wait, up to 32 frames or 64 KiB, and
+frames for it in the same pass (a burst of broadcasts) wait, up to 256 frames or 64 KiB, and
 then go out back to back (at the end of the pass, or when the cork is full). Consecutive writes
 to one socket are cheaper for the kernel (TCP autocorking) and for the client (one read takes
 many frames) than writes spread over every member. Corked frames are not subject to the buffer
@@ -40,7 +40,7 @@ SLOW_CONSUMER_CLOSE_CODE = 1013
 # batches keep the cheap back-to-back writes, and a long burst still reaches every member in
 # turn, so each client reads while the others are written (one unbounded cork per pass would
 # put a whole burst into one socket at once and overflow clients that keep up).
-_CORK_FRAMES = 32
+_CORK_FRAMES = 256
 _CORK_BYTES = 64 * 1024
 
 

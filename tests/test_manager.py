@@ -319,17 +319,17 @@ async def test_a_long_burst_is_written_in_batches_as_it_runs() -> None:
     m = RoomManager()
     ws, peer = connect(m, "a")
     m.join_room("a", "r")
-    for i in range(100):
+    for i in range(600):
         await m.broadcast_to_room("r", f"m{i}")
-    # m0 at once, then full corks of 32 frames while the burst runs; the rest at the pass end
-    assert len(peer.sent) == 1 + 32 * 3
+    # m0 at once, then full corks of 256 frames while the burst runs; the rest at the pass end
+    assert len(peer.sent) == 1 + 256 * 2
     await next_pass()
-    assert peer.texts() == [f"m{i}" for i in range(100)]
+    assert peer.texts() == [f"m{i}" for i in range(600)]
     big = "x" * 40_000  # two of these fill a cork's 64 KiB
     for _ in range(4):
         await m.broadcast_to_room("r", big)
     await m.broadcast_to_room("r", "after")
-    assert len(peer.sent) == 100 + 1 + 2  # the first at once (new pass), then a full cork
+    assert len(peer.sent) == 600 + 1 + 2  # the first at once (new pass), then a full cork
     await next_pass()
-    assert peer.texts()[100:] == [big] * 4 + ["after"]
+    assert peer.texts()[600:] == [big] * 4 + ["after"]
     assert not ws.closed and ws.dropped == 0
