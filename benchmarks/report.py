@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/report.py --s1 S1.json [--s7 S7.json] [--s3 S3.json] [--s456 S.json]
 
+``--s1-more`` adds fanout.py records of the same settings at other N to S1 (the committed page:
+``final-s1.json`` at N = 100 and 1000, ``final-s1-n5000.json`` at 5000).
 ``benchmarks/run_all.py`` runs every scenario and then this script. Each input is the JSON
 record one benchmark script wrote; a missing input leaves its section saying so.
 """
@@ -325,6 +327,27 @@ def _ceiling_caveat(s1: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def merge_s1(
+    first: dict[str, Any] | None, more: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """One S1 record from several runs of fanout.py with the same settings but other N."""
+    if first is None or not more:
+        return first
+    merged = {**first, "settings": dict(first["settings"]), "summary": dict(first["summary"])}
+    merged["targets"] = list(first.get("targets", []))
+    for record in more:
+        for key in ("messages", "size", "rounds"):
+            if record["settings"][key] != first["settings"][key]:
+                raise SystemExit(
+                    f"S1 records differ in {key}: {first['settings'][key]} and "
+                    f"{record['settings'][key]}"
+                )
+        merged["summary"].update(record["summary"])
+        merged["targets"] += record.get("targets", [])
+    merged["settings"]["n"] = sorted({int(n) for n in merged["summary"]})
+    return merged
+
+
 def load(path: str | None) -> tuple[dict[str, Any] | None, str]:
     if not path:
         return None, ""
@@ -335,6 +358,12 @@ def load(path: str | None) -> tuple[dict[str, Any] | None, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--s1", help="fanout.py record with N = 100,1000,5000 (S1, S2)")
+    ap.add_argument(
+        "--s1-more",
+        action="append",
+        default=[],
+        help="another fanout.py record with the same settings at other N (repeatable)",
+    )
     ap.add_argument("--s3", help="shootout.py record")
     ap.add_argument("--s456", help="scenarios.py record")
     ap.add_argument("--s7", help="fanout.py record with rooms-redis-2w")
@@ -343,6 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     global IMG
     IMG = Path(args.out).resolve().parent / "img"  # plots live beside the page they belong to
     s1, s1_src = load(args.s1)
+    extra = [load(path) for path in args.s1_more]
+    s1 = merge_s1(s1, [record for record, _ in extra if record is not None])
+    if extra:
+        s1_src = " and ".join(f"`{src}`" for src in [s1_src, *(src for _, src in extra)])
+        s1_src = s1_src[1:-1]  # section_s1 adds the outer backticks
     s3, s3_src = load(args.s3)
     s456, s456_src = load(args.s456)
     s7, s7_src = load(args.s7)
