@@ -132,7 +132,7 @@ def _plain(concurrent: bool) -> FastAPI:
 
 def _rooms(backend: str | None = None, prefix: str = "fastapi_rooms") -> FastAPI:
     manager = RoomManager(backend, prefix=prefix)
-    router = create_rooms_router(manager)
+    router = create_rooms_router(manager, insecure_rest=True)  # benchmark: GET /stats read openly
 
     @router.websocket("/members/{cid}")
     async def member(websocket: Any, cid: str) -> None:

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import time
 import uuid
 from collections import defaultdict, deque
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -90,7 +91,17 @@ websocket_manager = WebSocketManager(
     os.environ.get("ROOMS_BACKEND") or None,
     prefix=os.environ.get("ROOMS_PREFIX", "gobstopper_guide"),
 )
-rooms = create_rooms_router(websocket_manager)
+# The router's REST endpoints (POST /broadcast, GET /stats, ...) publish and reveal state:
+# operators only, with X-Admin-Token: $GUIDE_ADMIN_TOKEN (a random one when unset).
+ADMIN_TOKEN = os.environ.get("GUIDE_ADMIN_TOKEN") or secrets.token_urlsafe(16)
+
+
+def require_operator(x_admin_token: Annotated[str, Header()] = "") -> None:
+    if not secrets.compare_digest(x_admin_token, ADMIN_TOKEN):
+        raise HTTPException(401, "X-Admin-Token required")
+
+
+rooms = create_rooms_router(websocket_manager, rest_dependencies=[Depends(require_operator)])
 
 Manager = Annotated[RoomManager, Depends(get_manager)]
 

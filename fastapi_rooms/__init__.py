@@ -1,16 +1,33 @@
 """Rooms, presence and broadcast for FastAPI and Starlette WebSockets."""
 
-from .dependencies import get_manager
-from .manager import JoinRefused, RoomManager, WebSocketManager
-from .message import ConnectionClosed, Message
-from .routing import RoomsRouter, create_rooms_router
+from .compat.gobstopper import WebSocketManager
+from .errors import (
+    CloseCode,
+    ConfigurationError,
+    ConnectionClosed,
+    JoinRefused,
+    MessageTooBig,
+    RoomsError,
+)
+from .fastapi.dependencies import get_manager
+from .fastapi.router import RoomsRouter, create_rooms_router
+from .manager import Connection, RoomManager
+from .message import Message
+from .policy import Limits, RateLimiter
 from .websocket import WebSocket
 
 __all__ = [
+    "CloseCode",
+    "ConfigurationError",
+    "Connection",
     "ConnectionClosed",
     "JoinRefused",
+    "Limits",
     "Message",
+    "MessageTooBig",
+    "RateLimiter",
     "RoomManager",
+    "RoomsError",
     "RoomsRouter",
     "WebSocket",
     "WebSocketManager",
@@ -18,4 +35,4 @@ __all__ = [
     "get_manager",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

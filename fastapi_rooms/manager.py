@@ -1,4 +1,4 @@
-"""RoomManager: connections, rooms, broadcast and stats (Gobstopper's WebSocketManager surface)."""
+"""RoomManager: delivery, presence and lifecycle over a registry of connections and rooms."""
 
 from __future__ import annotations
 
@@ -8,18 +8,22 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, KeysView, Mapping
-from types import MappingProxyType
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, KeysView, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
-from ._backplane import Backplane, Envelope
-from ._backplane import encode as encode_envelope
-from ._frame import Frame, default_max_message_bytes, encode, json_dumps, oversize
+from starlette.websockets import WebSocket as StarletteWebSocket
+
 from .backends import Backend, backend_from_url
-from .outbound import SLOW_CONSUMER_CLOSE_CODE, Overflow
+from .backplane import Backplane, Envelope
+from .backplane import encode as encode_envelope
+from .encoding import Frame, default_max_message_bytes, encode, json_dumps, oversize, room_name
+from .errors import CloseCode, JoinRefused
+from .outbound import Overflow
+from .registry import Registry
 from .websocket import WebSocket
 
-__all__ = ["JoinRefused", "RoomManager", "WebSocketManager"]
+__all__ = ["Connection", "RoomManager"]
 
 _log = logging.getLogger("fastapi_rooms")
 
@@ -29,36 +33,6 @@ _UNSET: Any = object()
 JoinPolicy = Callable[[str, str], "bool | str | None"]
 
 
-class JoinRefused(PermissionError):
-    """``join_room`` refused: ``code`` is ``forbidden``, ``too_many_rooms`` or ``room_full``."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class _RoomsView(Mapping[str, KeysView[str]]):
-    """Read-only live view: room -> set-like view of its connection ids."""
-
-    __slots__ = ("_rooms",)
-
-    def __init__(self, rooms: dict[str, dict[str, WebSocket]]) -> None:
-        self._rooms = rooms
-
-    def __getitem__(self, room: str) -> KeysView[str]:
-        return self._rooms[room].keys()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rooms)
-
-    def __len__(self) -> int:
-        return len(self._rooms)
-
-    def __repr__(self) -> str:
-        return repr({room: set(ids) for room, ids in self._rooms.items()})
-
-
 class RoomManager:
     """Connections by id, rooms of ids, and broadcasts that never wait on a slow member.
 
@@ -66,7 +40,7 @@ class RoomManager:
     object) spreads rooms, broadcasts and sends by id across processes and hosts. Each
     connection has a bounded outbound buffer of ``max_buffer`` frames; ``overflow`` says what
     happens to a member whose buffer is full: ``"close"`` it with 1013 (default) or ``"drop"``
-    the frame for it.
+    the frame for it. ``start()`` waits up to ``startup_timeout`` seconds for the backend.
     """
 
     def __init__(
@@ -78,6 +52,7 @@ class RoomManager:
         max_message_bytes: int | None = None,
         json_dumps: Callable[[Any], str] = json_dumps,
         shutdown_timeout: float = 5.0,
+        startup_timeout: float = 5.0,
         prefix: str = "fastapi_rooms",
         node_id: str | None = None,
         node_ttl: float = 30.0,
@@ -102,10 +77,12 @@ class RoomManager:
             default_max_message_bytes() if max_message_bytes is None else max_message_bytes
         )
         self.shutdown_timeout = shutdown_timeout
+        self.startup_timeout = startup_timeout
         self._dumps = json_dumps
-        self._connections: dict[str, WebSocket] = {}
-        self._rooms: dict[str, dict[str, WebSocket]] = {}
-        self._memberships: dict[str, set[str]] = {}
+        self._registry = registry = Registry()
+        self._connections = registry.connections
+        self._rooms = registry.rooms
+        self._users = registry.users
         self._sockets: set[WebSocket] = set()  # every open socket the library serves
         self._handlers = 0
         self._handlers_idle = asyncio.Event()
@@ -115,18 +92,17 @@ class RoomManager:
         self._dropped = 0
         self._discarded = 0
         self._closes: Counter[int] = Counter()
-        self._user_of: dict[str, str] = {}  # connection id -> user id
-        self._users: dict[str, dict[str, WebSocket]] = {}  # user id -> its local connections
-        self._meta: dict[tuple[str, str], Any] = {}  # (room, connection id) -> join metadata
+        self._fanout = 0  # fan-out passes in progress (a close during one is handled after it)
+        self._deferred: list[tuple[str, WebSocket]] = []
         self.authorize_join = authorize_join
         self.max_rooms_per_connection = max_rooms_per_connection
         self.max_room_members = max_room_members
         self.presence_events = presence_events
         self.node_ttl = node_ttl
         #: id -> WebSocket, read-only (``.get``, ``len``, ``.items()`` as in Gobstopper's guide).
-        self.connections: Mapping[str, WebSocket] = MappingProxyType(self._connections)
+        self.connections: Mapping[str, WebSocket] = registry.connections_view()
         #: room -> set-like view of connection ids, read-only.
-        self.rooms: Mapping[str, KeysView[str]] = _RoomsView(self._rooms)
+        self.rooms: Mapping[str, KeysView[str]] = registry.rooms_view()
         #: This process's id among the nodes sharing the backend.
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.backplane: Backplane | None = (
@@ -144,10 +120,12 @@ class RoomManager:
     # Connections --------------------------------------------------------------------------
 
     def wrap(self, websocket: Any) -> WebSocket:
-        """A fastapi_rooms WebSocket for a Starlette one, with this manager's buffer settings."""
+        """This library's WebSocket for a Starlette one: the same object, adopted in place."""
         if isinstance(websocket, WebSocket):
             return websocket
-        return WebSocket.from_starlette(
+        if not isinstance(websocket, StarletteWebSocket):
+            raise TypeError(f"expected a WebSocket, got {type(websocket).__name__}")
+        return WebSocket.adopt(
             websocket,
             max_message_bytes=self.max_message_bytes,
             max_buffer=self.max_buffer,
@@ -160,8 +138,9 @@ class RoomManager:
         """Register a connection (ours or a Starlette WebSocket) under ``connection_id``.
 
         ``user_id`` makes it one of that user's connections (``send_to_user``, presence,
-        ``authorize_join``). Returns the fastapi_rooms WebSocket; send through it to keep
-        order with broadcasts.
+        ``authorize_join``). A Starlette WebSocket becomes this library's in place, so the
+        endpoint's own ``send_text`` keeps order with broadcasts and its ``receive_text()``
+        seeing the disconnect takes the connection out of every room.
         """
         ws = self.wrap(websocket)
         current = self._connections.get(connection_id)
@@ -174,65 +153,72 @@ class RoomManager:
             )
         if ws.closed:
             raise ValueError(f"cannot add connection {connection_id!r}: its WebSocket is closed")
-        self._connections[connection_id] = ws
-        self._memberships[connection_id] = set()
+        first_of_user = self._registry.add(connection_id, ws, user_id)
         self._sockets.add(ws)
-        if self.backplane is not None:
-            self.backplane.add_local(connection_id)
-        if user_id is not None:
-            self._user_of[connection_id] = user_id
-            conns = self._users.get(user_id)
-            if conns is None:
-                conns = self._users[user_id] = {}
-                if self.backplane is not None:
-                    self.backplane.want(self.backplane.user_channel(user_id))
-            conns[connection_id] = ws
+        backplane = self.backplane
+        if backplane is not None:
+            backplane.add_local(connection_id)
+            if first_of_user:
+                backplane.want(backplane.user_channel(user_id))  # type: ignore[arg-type]
         # a partial, not a closure: about 0.2 KB less per connection
         ws._on_closed((self, connection_id), functools.partial(self._closed, connection_id))
         return ws
 
     def user_of(self, connection_id: str) -> str | None:
         """The user a connection belongs to, if any."""
-        return self._user_of.get(connection_id)
+        return self._registry.user_of.get(connection_id)
 
     def _closed(self, connection_id: str, ws: WebSocket) -> None:
-        """Close listener of a registered connection."""
-        self._closes[ws.close_code or 1006] += 1
+        """Close listener of a registered connection: handled after any fan-out in progress,
+        so every member sees a room's messages (presence events included) in one order."""
+        if self._fanout:
+            self._deferred.append((connection_id, ws))
+            return
+        self._closes[ws.close_code or CloseCode.ABNORMAL] += 1
         self._discarded += ws._outbound.discarded
-        if ws.close_code == SLOW_CONSUMER_CLOSE_CODE:
+        if ws.close_code == CloseCode.TRY_AGAIN_LATER:
             _log.warning("connection %s closed: its outbound buffer overflowed", connection_id)
         if self._connections.get(connection_id) is ws:
             self.remove_connection(connection_id)
 
     def remove_connection(self, connection_id: str) -> None:
         """Forget a connection and take it out of every room (idempotent)."""
-        ws = self._connections.pop(connection_id, None)
-        if ws is None:
+        removed = self._registry.remove(connection_id)
+        if removed is None:
             return
+        ws, rooms, last_of_user = removed
         ws._off_closed((self, connection_id))
-        if self.backplane is not None:
-            self.backplane.remove_local(connection_id)
-        for room in self._memberships.pop(connection_id, ()):
+        backplane = self.backplane
+        if backplane is not None:
+            backplane.remove_local(connection_id)
+        for room in rooms:
             self._left(room, connection_id)
-        user_id = self._user_of.pop(connection_id, None)
-        if user_id is not None:
-            conns = self._users.get(user_id, {})
-            conns.pop(connection_id, None)
-            if not conns:
-                self._users.pop(user_id, None)
-                if self.backplane is not None:
-                    self.backplane.unwant(self.backplane.user_channel(user_id))
+        if backplane is not None and last_of_user is not None:
+            backplane.unwant(backplane.user_channel(last_of_user))
         if ws not in self._connections.values():
             self._sockets.discard(ws)
 
-    def _discard(self, room: str, connection_id: str) -> None:
-        members = self._rooms.get(room)
-        if members is not None:
-            members.pop(connection_id, None)
-            if not members:
-                del self._rooms[room]
-                if self.backplane is not None:
-                    self.backplane.unwant(self.backplane.room_channel(room))
+    @asynccontextmanager
+    async def connect(
+        self,
+        websocket: Any,
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+    ) -> AsyncIterator[Connection]:
+        """``async with manager.connect(websocket) as conn:`` accept (if needed), register,
+        and always remove the connection at the end, whatever ends the block."""
+        ws = self.wrap(websocket)
+        if not ws.accepted:
+            await ws.accept()
+        if user_id is None:
+            user_id = getattr(ws, "user_id", None)
+        cid = connection_id or uuid.uuid4().hex
+        self.add_connection(cid, ws, user_id=user_id)
+        try:
+            yield Connection(self, cid, ws, user_id)
+        finally:
+            self.remove_connection(cid)
 
     # Rooms --------------------------------------------------------------------------------
 
@@ -240,16 +226,20 @@ class RoomManager:
         """Add a registered connection to ``room`` (created on first join).
 
         ``meta`` (JSON-able) is shown in the room's presence. Raises ``JoinRefused`` when
-        ``authorize_join`` refuses the connection's user, or a room limit is reached.
+        ``authorize_join`` refuses the connection's user (or it has none), or a room limit is
+        reached. With a backend, messages from other nodes may take a moment to arrive:
+        ``await join(...)`` returns once they do.
         """
+        room = room_name(room)
         ws = self._connections.get(connection_id)
         if ws is None:
             raise KeyError(
                 f"connection {connection_id!r} is not registered (closed, or never added): "
                 "call add_connection() before join_room()"
             )
-        rooms = self._memberships[connection_id]
-        if room not in rooms:
+        rooms = self._registry.memberships[connection_id]
+        new = room not in rooms
+        if new:
             self._check_join(connection_id, room, len(rooms))
         # Encode what the join will send before changing anything: a meta that cannot be
         # encoded, or would make the presence event too big, refuses the join cleanly.
@@ -260,30 +250,45 @@ class RoomManager:
         )
         announcement = (
             self._presence_frame(room, "join", connection_id, meta)
-            if self.presence_events and room not in rooms
+            if self.presence_events and new
             else None
         )
-        if room not in rooms:
-            members = self._rooms.get(room)
-            if members is None:
-                members = self._rooms[room] = {}
-                if self.backplane is not None:
-                    self.backplane.want(self.backplane.room_channel(room))
-            members[connection_id] = ws
-            rooms.add(room)
-        if meta is None:  # most joins carry none: keep no entry for them
-            self._meta.pop((room, connection_id), None)
-        else:
-            self._meta[(room, connection_id)] = meta
+        if self._registry.join(connection_id, room, meta) and self.backplane is not None:
+            self.backplane.want(self.backplane.room_channel(room))
         if self.backplane is not None and info is not None:
             self.backplane.presence_add(room, connection_id, info)
         if announcement is not None:
             self._announce(room, connection_id, announcement)
 
+    async def join(
+        self, connection_id: str, room: str, *, meta: Any = None, timeout: float | None = None
+    ) -> None:
+        """``join_room``, then wait until messages published on any node reach the room here.
+
+        Without a backend this returns at once. With one it waits up to ``timeout`` (default:
+        the backend's publish timeout) and logs a warning if the backend is not there yet.
+        """
+        self.join_room(connection_id, room, meta=meta)
+        backplane = self.backplane
+        if backplane is None or not backplane.connected:
+            return
+        try:
+            await backplane.subscribed(
+                backplane.room_channel(room_name(room)),
+                backplane.publish_timeout if timeout is None else timeout,
+            )
+        except asyncio.TimeoutError:
+            _log.warning("room %r not yet subscribed on the backend", room)
+
     def _check_join(self, connection_id: str, room: str, joined: int) -> None:
-        user_id = self._user_of.get(connection_id)
-        if user_id is not None and self.authorize_join is not None:
-            verdict = self.authorize_join(user_id, room)
+        policy = self.authorize_join
+        if policy is not None:
+            user_id = self._registry.user_of.get(connection_id)
+            if user_id is None:
+                raise JoinRefused(
+                    "forbidden", f"room {room!r} needs a signed-in user; this connection has none"
+                )
+            verdict = policy(user_id, room)
             if not (
                 verdict is True or verdict is None or verdict is False or isinstance(verdict, str)
             ):
@@ -309,16 +314,18 @@ class RoomManager:
 
     def leave_room(self, connection_id: str, room: str) -> None:
         """Take a connection out of ``room``; the room disappears when empty (idempotent)."""
-        rooms = self._memberships.get(connection_id)
+        room = room_name(room)
+        rooms = self._registry.memberships.get(connection_id)
         if rooms is not None and room in rooms:
-            rooms.discard(room)
             self._left(room, connection_id)
 
     def _left(self, room: str, connection_id: str) -> None:
-        meta = self._meta.pop((room, connection_id), None)
-        self._discard(room, connection_id)
-        if self.backplane is not None:
-            self.backplane.presence_remove(room, connection_id)
+        emptied, meta = self._registry.leave(connection_id, room)
+        backplane = self.backplane
+        if backplane is not None:
+            if emptied:
+                backplane.unwant(backplane.room_channel(room))
+            backplane.presence_remove(room, connection_id)
         if self.presence_events:
             try:
                 frame = self._presence_frame(room, "leave", connection_id, meta)
@@ -332,20 +339,20 @@ class RoomManager:
 
     def get_room_connections(self, room: str) -> set[str]:
         """A copy of the ids in ``room`` (empty when there is no such room)."""
-        members = self._rooms.get(room)
+        members = self._rooms.get(room_name(room))
         return set(members) if members else set()
 
     def get_connection_rooms(self, connection_id: str) -> set[str]:
         """A copy of the rooms ``connection_id`` is in."""
-        return set(self._memberships.get(connection_id, ()))
+        return set(self._registry.memberships.get(connection_id, ()))
 
     # Presence and users -------------------------------------------------------------------
 
     def _presence_info(self, room: str, connection_id: str, meta: Any = _UNSET) -> dict[str, Any]:
         return {
             "connection_id": connection_id,
-            "user_id": self._user_of.get(connection_id),
-            "meta": self._meta.get((room, connection_id)) if meta is _UNSET else meta,
+            "user_id": self._registry.user_of.get(connection_id),
+            "meta": self._registry.meta.get((room, connection_id)) if meta is _UNSET else meta,
             "node": self.node_id,
         }
 
@@ -357,7 +364,7 @@ class RoomManager:
                 "event": event,
                 "room": room,
                 "connection_id": connection_id,
-                "user_id": self._user_of.get(connection_id),
+                "user_id": self._registry.user_of.get(connection_id),
                 "meta": meta,
             }
         )
@@ -378,6 +385,7 @@ class RoomManager:
         connections without a user are one entry each with ``user_id`` None. With a backend
         that does not answer, only this node's members are listed (and the error is logged).
         """
+        room = room_name(room)
         entries = {cid: self._presence_info(room, cid) for cid in self._rooms.get(room, ())}
         if self.backplane is not None:
             for cid, raw in (await self.backplane.presence(room)).items():
@@ -414,25 +422,40 @@ class RoomManager:
 
     def encode(self, message: Any) -> Frame:
         """Encode once: str as text, bytes as binary, anything else as JSON text."""
-        return encode(message, self.max_message_bytes, self._dumps)
+        if self._dumps is json_dumps or isinstance(message, (str, bytes, bytearray, memoryview)):
+            return encode(message, self.max_message_bytes)
+        return encode(self._dumps(message), self.max_message_bytes)
 
     def _deliver(self, members: dict[str, WebSocket], frame: Frame, exclude: Exclude) -> int:
         event = frame.asgi
         delivered = 0
-        if exclude is None:
-            targets = tuple(members.values())
-            for ws in targets:
-                if ws._outbound.offer(event):
-                    delivered += 1
-        else:
-            skip = {exclude} if isinstance(exclude, str) else set(exclude)
-            targets = tuple(ws for cid, ws in members.items() if cid not in skip)
-            for ws in targets:
-                if ws._outbound.offer(event):
-                    delivered += 1
+        self._fanout += 1
+        try:
+            if exclude is None:
+                targets = tuple(members.values())
+                for ws in targets:
+                    if ws._outbound.offer(event):
+                        delivered += 1
+            else:
+                skip = {exclude} if isinstance(exclude, str) else set(exclude)
+                targets = tuple(ws for cid, ws in members.items() if cid not in skip)
+                for ws in targets:
+                    if ws._outbound.offer(event):
+                        delivered += 1
+        finally:
+            self._fanout -= 1
         self._delivered += delivered
         self._dropped += len(targets) - delivered
+        if self._deferred and not self._fanout:
+            self._run_deferred()
         return delivered
+
+    def _run_deferred(self) -> None:
+        """Close listeners that fired during a fan-out pass, now that it is over."""
+        while self._deferred:
+            deferred, self._deferred = self._deferred, []
+            for connection_id, ws in deferred:
+                self._closed(connection_id, ws)
 
     async def broadcast_to_room(self, room: str, message: Any, *, exclude: Exclude = None) -> int:
         """Hand ``message`` to every member of ``room``; returns how many took it.
@@ -440,6 +463,7 @@ class RoomManager:
         Returns without waiting for any socket: a member with a full buffer gets the overflow
         policy. ``exclude`` is an id or ids to skip (for example the sender).
         """
+        room = room_name(room)
         frame = self.encode(message)
         publish = self._remote("room", room, frame, exclude)
         members = self._rooms.get(room)
@@ -532,17 +556,33 @@ class RoomManager:
         return self._started
 
     async def start(self) -> None:
-        """Called by the app's lifespan (through the rooms router): connects the backend."""
+        """Called by the app's lifespan (through the rooms router): connects the backend.
+
+        Waits up to ``startup_timeout`` for the backend, so a broadcast made right after
+        start-up reaches other nodes; past that, start-up goes on (logged) and the backplane
+        keeps connecting in the background.
+        """
         self._started = True
-        if self.backplane is not None:
-            await self.backplane.start()
+        backplane = self.backplane
+        if backplane is None:
+            return
+        await backplane.start()
+        try:
+            await asyncio.wait_for(backplane.ready.wait(), self.startup_timeout)
+        except asyncio.TimeoutError:
+            _log.error(
+                "backend %r not connected %.1fs after start-up (%s); messages to other nodes "
+                "are dropped until it is",
+                backplane.backend,
+                self.startup_timeout,
+                backplane.last_error,
+            )
 
     async def sync(self, timeout: float = 5.0, *, room: str | None = None) -> None:
         """Wait until the backend reflects local joins and leaves (TimeoutError otherwise).
 
-        Joins take effect on the backend in the background; call this when a message from
-        another node must not be missed right after a join. With ``room``, wait only until
-        that room's channel is subscribed. Returns at once without a backend.
+        With ``room``, wait only until that room's channel is subscribed. Returns at once
+        without a backend. ``await manager.join(...)`` does this for one room.
         """
         backplane = self.backplane
         if backplane is None:
@@ -550,7 +590,7 @@ class RoomManager:
         if room is None:
             await backplane.sync(timeout)
         else:
-            await backplane.subscribed(backplane.room_channel(room), timeout)
+            await backplane.subscribed(backplane.room_channel(room_name(room)), timeout)
 
     def _track(self, ws: WebSocket) -> None:
         """A router handler started serving ``ws``."""
@@ -572,7 +612,11 @@ class RoomManager:
         if sockets:
             _log.info("shutting down: closing %d WebSocket connection(s) with 1001", len(sockets))
             results = await asyncio.gather(
-                *(ws.close(1001, "server shutting down") for ws in sockets if ws.accepted),
+                *(
+                    ws.close(CloseCode.GOING_AWAY, "server shutting down")
+                    for ws in sockets
+                    if ws.accepted
+                ),
                 return_exceptions=True,
             )
             for result in results:
@@ -606,7 +650,7 @@ class RoomManager:
             "messages_dropped": self._dropped,
             "messages_discarded_at_close": self._discarded,
             "buffered": sum(ws.buffered for ws in self._connections.values()),
-            "slow_consumer_closes": self._closes[SLOW_CONSUMER_CLOSE_CODE],
+            "slow_consumer_closes": self._closes[CloseCode.TRY_AGAIN_LATER],
             "closes_by_code": {str(code): n for code, n in sorted(self._closes.items())},
             "backend": (
                 {"type": "local", "connected": True}
@@ -614,6 +658,44 @@ class RoomManager:
                 else self.backplane.stats()
             ),
         }
+
+
+class Connection:
+    """One registered connection, as ``manager.connect()`` hands it to a handler."""
+
+    __slots__ = ("id", "manager", "user_id", "websocket")
+
+    def __init__(
+        self, manager: RoomManager, connection_id: str, websocket: WebSocket, user_id: str | None
+    ) -> None:
+        self.manager = manager
+        self.id = connection_id
+        self.websocket = websocket
+        self.user_id = user_id
+
+    @property
+    def rooms(self) -> set[str]:
+        return self.manager.get_connection_rooms(self.id)
+
+    async def join(self, room: str, *, meta: Any = None) -> None:
+        """Join ``room``; returns once messages from every node reach it (``JoinRefused``)."""
+        await self.manager.join(self.id, room, meta=meta)
+
+    def leave(self, room: str) -> None:
+        self.manager.leave_room(self.id, room)
+
+    async def broadcast(self, room: str, message: Any, *, exclude_self: bool = False) -> int:
+        """Broadcast to ``room`` (skipping this connection with ``exclude_self``)."""
+        return await self.manager.broadcast_to_room(
+            room, message, exclude=self.id if exclude_self else None
+        )
+
+    async def send(self, message: Any) -> bool:
+        """Hand ``message`` to this connection, in order with broadcasts."""
+        return await self.manager.send_to(self.id, message)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user_id!r} rooms={sorted(self.rooms)}>"
 
 
 def _group_by_user(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -630,6 +712,3 @@ def _group_by_user(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             ].append(conn)
     return [users[u] for u in sorted(users)] + anonymous
 
-
-#: Gobstopper's name for the same class.
-WebSocketManager = RoomManager

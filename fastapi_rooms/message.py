@@ -1,29 +1,15 @@
-"""What ``WebSocket.receive()`` returns, and the error raised on a closed connection."""
+"""What ``WebSocket.receive()`` returns."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["ConnectionClosed", "Message", "MessageType"]
+__all__ = ["Message", "MessageType"]
 
 MessageType = Literal["text", "bytes", "close", "error"]
 
 # Granian numbers message kinds 0 close, 1 bytes, 2 text; "error" ends the connection too.
 _KINDS: dict[str, int] = {"close": 0, "error": 0, "bytes": 1, "text": 2}
-
-
-class ConnectionClosed(ConnectionError, RuntimeError):
-    """Raised on use of a closed WebSocket.
-
-    A ``ConnectionError`` as Gobstopper's guide documents, and a ``RuntimeError`` as
-    Granian's ``ProtocolClosed`` is, so handlers written against either keep working.
-    """
-
-    def __init__(self, code: int = 1006, reason: str = "") -> None:
-        self.code = code
-        self.reason = reason
-        detail = f": {reason}" if reason else ""
-        super().__init__(f"WebSocket is closed (code {code}{detail})")
 
 
 class Message:
@@ -48,6 +34,28 @@ class Message:
         self.data = data
         self.code = code
         self.reason = reason
+
+    def __getitem__(self, key: str) -> Any:
+        """The ASGI event's keys (``message["type"] == "websocket.receive"``, ``["text"]``,
+        ``["bytes"]``, ``["code"]``), for code written against Starlette's ``receive()``."""
+        if key == "type":
+            ended = self.type in ("close", "error")
+            return "websocket.disconnect" if ended else "websocket.receive"
+        if key == "text" and self.type == "text":
+            return self.data
+        if key == "bytes" and self.type == "bytes":
+            return self.data
+        if key == "code" and self.code is not None:
+            return self.code
+        if key == "reason" and self.type in ("close", "error"):
+            return self.reason
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     @property
     def kind(self) -> int:

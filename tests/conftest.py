@@ -123,7 +123,10 @@ def guide_server(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> 
     """examples/gobstopper_guide.py served by each server kind, shared by the guide tests."""
     tmp = tmp_path_factory.mktemp("guide")
     app = "gobstopper_guide:app" if server_kind == "uvicorn" else "gobstopper_guide:rsgi_app"
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "examples"), str(APPS), str(ROOT)])}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "examples"), str(APPS), str(ROOT)]),
+        "GUIDE_ADMIN_TOKEN": "guide-admin",  # the router's REST endpoints need it
+    }
     server = start_server(server_kind, app, tmp, env)
     try:
         yield server

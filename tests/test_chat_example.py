@@ -21,7 +21,10 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def chat(serve: Callable[..., Any]) -> Any:
     """The chat example on uvicorn; the repository root on PYTHONPATH imports examples.chat."""
-    return serve("uvicorn", APP, {"PYTHONPATH": str(ROOT)})
+    return serve("uvicorn", APP, {"PYTHONPATH": str(ROOT), "CHAT_ADMIN_TOKEN": ADMIN})
+
+
+ADMIN = "test-admin-token"
 
 
 async def next_event(ws: ClientConnection, type_: str) -> dict[str, Any]:
@@ -66,8 +69,12 @@ async def test_two_clients_chat_in_a_room_and_receive_an_announcement(chat: Any)
             assert await next_event(ws, "joined") == {"type": "joined", "room": "lobby"}
 
         async with httpx.AsyncClient(base_url=chat.http, timeout=5) as client:
-            room = (await client.get("/api/rooms/lobby")).json()
+            refused = await client.get("/api/rooms/lobby")  # REST: operators only
+            assert refused.status_code == 401
+            room = (await client.get("/api/rooms/lobby", headers={"X-Admin-Token": ADMIN})).json()
             assert room["connections"] == 2
+            listed = (await client.get("/api/room-list")).json()
+            assert listed == [{"room": "lobby", "connections": 2}]
             assert set(room["connection_ids"]) == {alice_id, bob_id}
 
             data = {"name": "alice", "text": "hello, bob"}

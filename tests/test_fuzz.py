@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from fastapi_rooms.protocol import _client_message
+from fastapi_rooms.fastapi.ready import _client_message
 
 from .conftest import Server, sent_code, start_server
 

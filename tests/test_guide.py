@@ -49,7 +49,10 @@ def guide_app(kind: str) -> str:
 def guide_env(**extra: str) -> dict[str, str]:
     """The environment of guide_server (examples/ on PYTHONPATH) plus ``extra``."""
     path = os.pathsep.join([str(ROOT / "examples"), str(APPS), str(ROOT)])
-    return {"PYTHONPATH": path, **extra}
+    return {"PYTHONPATH": path, "GUIDE_ADMIN_TOKEN": GUIDE_ADMIN, **extra}
+
+
+GUIDE_ADMIN = "guide-admin"  # X-Admin-Token for the router's REST endpoints
 
 
 def unique(prefix: str) -> str:
@@ -120,7 +123,8 @@ def assert_recent(timestamp: str) -> None:
 
 @asynccontextmanager
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as client:
+    headers = {"X-Admin-Token": GUIDE_ADMIN}
+    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT, headers=headers) as client:
         yield client
 
 

@@ -106,9 +106,12 @@ async def clients() -> AsyncIterator[Connect]:
         yield open_client
 
 
+ADMIN = {"Authorization": "Bearer admin-token", "X-Admin-Token": "guide-admin"}  # REST of secure_app, the guide
+
+
 @asynccontextmanager
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.http, timeout=WAIT) as client:
+    async with httpx.AsyncClient(base_url=server.http, timeout=WAIT, headers=ADMIN) as client:
         yield client
 
 

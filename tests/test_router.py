@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from fastapi_rooms import RoomManager, RoomsRouter, WebSocket, create_rooms_router, get_manager
-from fastapi_rooms._paths import convert_path
+from fastapi_rooms.compat.gobstopper import convert_path
 
 
 def make_app(**router_kwargs: object) -> tuple[FastAPI, RoomsRouter]:
@@ -52,7 +52,7 @@ def make_app(**router_kwargs: object) -> tuple[FastAPI, RoomsRouter]:
 
 
 def test_get_manager_in_http_rooms_handler_and_native_websocket() -> None:
-    app, rooms = make_app()
+    app, rooms = make_app(insecure_rest=True)
     with TestClient(app) as client:
         assert client.get("/count").json() == {"connections": 0, "rooms": 0}
         with client.websocket_connect("/ws/room/a") as a, client.websocket_connect("/native") as n:
@@ -88,16 +88,18 @@ def test_get_manager_without_rooms_router_says_what_to_do() -> None:
         return {}
 
     with TestClient(app, raise_server_exceptions=True) as client, pytest.raises(
-        RuntimeError, match="include a rooms router"
+        RuntimeError, match="lifespan did not run"
     ):
         client.get("/m")
 
 
-def test_router_dependencies_protect_rest_but_not_websockets() -> None:
-    async def api_key(x_api_key: str = Header(default="")) -> None:
-        if x_api_key != "secret":
-            raise HTTPException(401, "bad key")
+async def api_key(x_api_key: str = Header(default="")) -> None:
+    if x_api_key != "secret":
+        raise HTTPException(401, "bad key")
 
+
+def test_router_dependencies_apply_to_every_route_websockets_included() -> None:
+    """As in any APIRouter: REST, HTTP routes, handlers and the ready endpoint."""
     app = FastAPI()
     rooms = create_rooms_router(dependencies=[Depends(api_key)], prefix="/rt")
 
@@ -111,9 +113,39 @@ def test_router_dependencies_protect_rest_but_not_websockets() -> None:
         await websocket.send_text(room_id)
 
     app.include_router(rooms)
+    key = {"x-api-key": "secret"}
     with TestClient(app) as client:
         assert client.get("/rt/extra").status_code == 401
-        assert client.get("/rt/extra", headers={"x-api-key": "secret"}).json() == {"ok": 1}
+        assert client.get("/rt/extra", headers=key).json() == {"ok": 1}
+        for path in ("/rt/ws", "/rt/ws/room/r"):
+            with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect(path):
+                pass
+            assert getattr(refused.value, "status_code", None) == 401  # denied by the dependency
+        with client.websocket_connect("/rt/ws", headers=key) as ready:
+            assert "welcome" in ready.receive_text()
+        with client.websocket_connect("/rt/ws/room/r", headers=key) as ws:
+            assert ws.receive_text() == "r"
+        assert client.post("/rt/broadcast", json={"message": "x"}).status_code == 401
+        ok = client.post("/rt/broadcast", json={"message": "x"}, headers=key)
+        assert ok.json() == {"status": "broadcasted", "connections": 0}
+
+
+def test_rest_dependencies_protect_rest_but_not_websockets() -> None:
+    app = FastAPI()
+    rooms = create_rooms_router(rest_dependencies=[Depends(api_key)], prefix="/rt")
+
+    @rooms.get("/extra")
+    async def extra() -> dict[str, int]:
+        return {"ok": 1}
+
+    @rooms.websocket("/ws/room/<room_id>")
+    async def room(websocket: WebSocket, room_id: str) -> None:
+        await websocket.accept()
+        await websocket.send_text(room_id)
+
+    app.include_router(rooms)
+    with TestClient(app) as client:
+        assert client.get("/rt/extra").json() == {"ok": 1}  # the app's own route: open
         with client.websocket_connect("/rt/ws") as ready:
             assert "welcome" in ready.receive_text()
         assert client.post("/rt/broadcast", json={"message": "x"}).status_code == 401
@@ -121,11 +153,11 @@ def test_router_dependencies_protect_rest_but_not_websockets() -> None:
         ok = client.post("/rt/broadcast", json={"message": "x"}, headers={"x-api-key": "secret"})
         assert ok.json() == {"status": "broadcasted", "connections": 0}
         with client.websocket_connect("/rt/ws/room/r") as ws:
-            assert ws.receive_text()
+            assert ws.receive_text() == "r"
 
 
 def test_rest_endpoints_validate_and_report() -> None:
-    app, rooms = make_app()
+    app, rooms = make_app(insecure_rest=True)
     with TestClient(app) as client:
         assert client.post("/broadcast", json={}).status_code == 422
         assert client.post("/broadcast", content=b"not json").status_code == 422

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fastapi_rooms import WebSocket
-from fastapi_rooms.security import Limits, client_ip, get_token, origin_allowed, user_id_of
+from fastapi_rooms.policy import Limits, client_ip, get_token, origin_allowed, user_id_of
 
 from .conftest import Server, sent_code, start_server
 
@@ -271,7 +271,9 @@ async def test_presence_grouped_by_user_with_events_and_user_sends(secure: Serve
         ws_open(secure) as tab1,
         ws_open(secure) as tab2,
         ws_open(secure, token="bob-token") as bob,
-        httpx.AsyncClient(base_url=secure.http, timeout=WAIT) as rest,
+        httpx.AsyncClient(
+            base_url=secure.http, timeout=WAIT, headers={"Authorization": "Bearer admin-token"}
+        ) as rest,
     ):
         ids = [(await event(ws, "welcome"))["connection_id"] for ws in (tab1, tab2, bob)]
         await bob.send(json.dumps({"type": "join", "room": room, "meta": {"status": "away"}}))

@@ -18,7 +18,7 @@ from fastapi_rooms import create_rooms_router
 from fastapi_rooms.rsgi import RSGIApp
 
 app = FastAPI()
-rooms = create_rooms_router(prefix="/rooms-api")
+rooms = create_rooms_router(prefix="/rooms-api", insecure_rest=True)  # test app: REST open
 app.include_router(rooms)
 
 _FILE = Path(tempfile.gettempdir()) / "fastapi-rooms-bridge-file.bin"

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from fastapi_rooms import ConnectionClosed, Message, RoomManager, WebSocket, create_rooms_router
 
 manager = RoomManager(max_buffer=int(os.environ.get("CORE_MAX_BUFFER", "1024")))
-rooms = create_rooms_router(manager)
+rooms = create_rooms_router(manager, insecure_rest=True)  # test app: REST open
 app = FastAPI()
 
 # Reports ------------------------------------------------------------------------------------

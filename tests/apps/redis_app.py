@@ -18,5 +18,5 @@ manager = RoomManager(
     node_id=os.environ.get("NODE_ID") or None,
 )
 app = FastAPI()
-app.include_router(create_rooms_router(manager))
+app.include_router(create_rooms_router(manager, insecure_rest=True))  # test app: REST open
 rsgi_app = RSGIApp(app)

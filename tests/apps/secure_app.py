@@ -12,11 +12,11 @@ import asyncio
 import os
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Request
 
 from fastapi_rooms import RoomManager, WebSocket, create_rooms_router
 from fastapi_rooms.rsgi import RSGIApp
-from fastapi_rooms.security import Limits, get_token
+from fastapi_rooms.policy import Limits, get_token
 
 USERS = {
     "alice-token": {"id": "alice", "name": "Alice"},
@@ -56,13 +56,20 @@ manager = RoomManager(
     prefix=os.environ.get("ROOMS_PREFIX", "secure"),
     node_id=os.environ.get("NODE_ID") or None,
     node_ttl=_num("NODE_TTL") or 30.0,
-    authorize_join=authorize_join,
+    authorize_join=authorize_join if os.environ.get("AUTH", "1") == "1" else None,
     max_rooms_per_connection=3,
     max_room_members=_int("MAX_ROOM_MEMBERS") or 4,
     presence_events=os.environ.get("PRESENCE_EVENTS", "1") == "1",
 )
+def require_admin(request: Request) -> None:
+    """The REST endpoints: the admin's token only (``Authorization: Bearer admin-token``)."""
+    if get_token(request) != "admin-token":
+        raise HTTPException(401, "admin token required")
+
+
 rooms = create_rooms_router(
     manager,
+    rest_dependencies=[Depends(require_admin)],
     authenticate=authenticate if os.environ.get("AUTH", "1") == "1" else None,
     allowed_origins=["https://allowed.example"],
     limits=Limits(

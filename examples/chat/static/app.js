@@ -5,7 +5,7 @@
 //                     {"type": "publish", "room": R, "data": ANY}
 //   server -> client  welcome, joined, left, message {room, from, data}, pong, error {code, message}
 // plus whatever the app broadcasts itself (here: {"type": "announcement", "text": ...}).
-// REST: GET /api/rooms lists the rooms, POST /api/announce reaches every client.
+// GET /api/room-list lists the rooms, POST /api/announce reaches every client.
 
 const $ = (id) => document.getElementById(id);
 
@@ -84,8 +84,8 @@ function renderJoined(select) {
 async function refreshRooms() {
   let rooms = [];
   try {
-    const response = await fetch("/api/rooms");
-    rooms = (await response.json()).rooms;
+    const response = await fetch("/api/room-list");
+    rooms = await response.json();
   } catch (error) {
     return; // the server is away; the WebSocket status already says so
   }

@@ -1,29 +1,28 @@
-"""RoomsRouter: Gobstopper-style WebSocket handlers, REST endpoints that broadcast, lifespan."""
+"""RoomsRouter: Gobstopper-style WebSocket handlers, the ready endpoint, REST, lifespan."""
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Literal, TypeVar, get_type_hints
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar, get_type_hints
 
-from fastapi import APIRouter, HTTPException, params
+from fastapi import APIRouter, Depends, params
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.routing import APIWebSocketRoute
-from pydantic import BaseModel, Field, JsonValue
-from starlette.routing import WebSocketRoute
+from starlette.routing import Match, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket as StarletteWebSocket
 
-from ._frame import MessageTooBig
-from ._paths import convert_path
-from .dependencies import STATE_KEY
-from .manager import RoomManager
-from .message import ConnectionClosed
-from .protocol import serve_protocol
-from .security import Limits, _header, client_ip, origin_allowed, user_id_of
-from .websocket import WebSocket
+from ..compat.gobstopper import convert_path
+from ..errors import CloseCode, ConfigurationError, ConnectionClosed
+from ..manager import RoomManager
+from ..policy import Limits, _header, client_ip, origin_allowed, user_id_of
+from ..websocket import RSGI_EXTENSION, WebSocket
+from .dependencies import _NOT_STARTED, STATE_KEY, get_manager, manager_for
+from .ready import serve_protocol
+from .rest import add_rest_endpoints
 
 __all__ = ["RoomsRouter", "create_rooms_router"]
 
@@ -33,104 +32,39 @@ Handler = Callable[..., Awaitable[None]]
 #: ``authenticate(websocket)`` returns a user (a str id, or with ``.id``) or None to refuse.
 Authenticate = Callable[[WebSocket], Any]
 
-
 H = TypeVar("H", bound=Handler)
 
-
-# REST models --------------------------------------------------------------------------------
-
-
-class MessageBody(BaseModel):
-    """A string reaches clients unchanged as one text frame; other JSON values JSON-encoded."""
-
-    message: JsonValue = Field(description="Text sent as is, or any JSON value sent JSON-encoded.")
-    exclude: list[str] = Field(default_factory=list, description="Connection ids to skip.")
-
-
-class SendBody(BaseModel):
-    """A string reaches the client unchanged as one text frame; other JSON values JSON-encoded."""
-
-    message: JsonValue = Field(description="Text sent as is, or any JSON value sent JSON-encoded.")
-
-
-class BroadcastResult(BaseModel):
-    status: Literal["broadcasted"] = "broadcasted"
-    connections: int = Field(
-        description="Connections on this node the message was handed to (with a backend, "
-        "other nodes deliver to theirs and are not counted)."
-    )
-
-
-class RoomBroadcastResult(BaseModel):
-    status: Literal["sent"] = "sent"
-    room_connections: int = Field(
-        description="Members on this node the message was handed to (with a backend, "
-        "members on other nodes are not counted)."
-    )
-
-
-class SendResult(BaseModel):
-    status: Literal["sent"] = "sent"
-    connection_id: str
-
-
-class RoomSummary(BaseModel):
-    room: str
-    connections: int
-
-
-class RoomList(BaseModel):
-    rooms: list[RoomSummary]
-
-
-class PresenceConnection(BaseModel):
-    connection_id: str
-    meta: JsonValue = Field(default=None, description="What the connection gave at join.")
-    node: str | None = Field(default=None, description="The process holding the connection.")
-
-
-class PresenceEntry(BaseModel):
-    user_id: str | None = Field(description="None for a connection without a user.")
-    connections: list[PresenceConnection]
-
-
-class RoomDetail(BaseModel):
-    room: str
-    connections: int = Field(description="Members on this node.")
-    connection_ids: list[str] = Field(description="Members on this node.")
-    presence: list[PresenceEntry] = Field(
-        default_factory=list, description="Members on every node, grouped by user."
-    )
-
-
-class UserSendResult(BaseModel):
-    status: Literal["sent"] = "sent"
-    user_id: str
+_MANAGER_PARAM = "fastapi_rooms_manager_"  # the hidden Depends(get_manager) of every handler
 
 
 # Handlers ------------------------------------------------------------------------------------
 
 
-#: Serves one connection: (handler, websocket, keyword arguments, authenticate?).
-Serve = Callable[[Handler, WebSocket, dict[str, Any], bool], Awaitable[None]]
-
-
-_NO_ARGUMENTS: dict[str, Any] = {}  # shared, never changed: handler(ws, **_NO_ARGUMENTS)
+def _ready_handler(websocket: WebSocket, *, manager: RoomManager, limits: Limits) -> Any:
+    return serve_protocol(websocket, manager, limits)
 
 
 class _ReadyEndpoint:
-    """The ready endpoint's ASGI app. Not a coroutine itself: it returns the router's serve
-    coroutine, so an idle connection holds only that frame and the protocol's."""
+    """The ready endpoint as a raw ASGI app. Not a coroutine itself: it returns the router's
+    serve coroutine, so an idle connection holds only that frame and the protocol's. It has
+    no parameters, so FastAPI's per-connection dependency machinery (about 7 KB per idle
+    connection) buys nothing; with router ``dependencies=`` a FastAPI route serves it."""
 
-    __slots__ = ("_authenticate", "_handler", "_router")
+    __slots__ = ("_router", "_yield_to")
 
-    def __init__(self, router: RoomsRouter, handler: Handler, authenticate: bool) -> None:
+    def __init__(self, router: RoomsRouter) -> None:
         self._router = router
-        self._handler = handler
-        self._authenticate = authenticate
+        self._yield_to: dict[int, WebSocketRoute | None] = {}  # app id -> the route it yields to
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        manager = self._router.manager
+        other = self._user_route(scope)
+        if other is not None:
+            return other.handle(scope, receive, send)
+        router = self._router
+        manager = manager_for(scope, router.manager)
+        if not manager.started:
+            _log.error("refused a WebSocket at %s: %s", scope.get("path"), _NOT_STARTED)
+            raise ConfigurationError(_NOT_STARTED)
         ws = WebSocket(
             scope,
             receive,
@@ -139,13 +73,45 @@ class _ReadyEndpoint:
             max_buffer=manager.max_buffer,
             overflow=manager.overflow,
         )
-        return self._router._serve(self._handler, ws, _NO_ARGUMENTS, self._authenticate)
+        return router._serve(
+            router._ready, ws, {"manager": manager, "limits": router.limits}, manager
+        )
+
+    def _user_route(self, scope: Scope) -> WebSocketRoute | None:
+        """A WebSocket route registered on the app itself for this path: the user's claim
+        wins over the library's default, whatever the registration order."""
+        app = scope.get("app")
+        key = id(app)
+        if key not in self._yield_to:
+            found = None
+            for route in getattr(getattr(app, "router", None), "routes", ()):
+                if (
+                    isinstance(route, WebSocketRoute)
+                    and route.endpoint is not self
+                    and route.matches(scope)[0] is Match.FULL
+                ):
+                    found = route
+                    _log.info(
+                        "ready endpoint yields %s to %s, registered on the app",
+                        scope.get("path"),
+                        getattr(route.endpoint, "__qualname__", route.endpoint),
+                    )
+                    break
+            self._yield_to[key] = found
+        route = self._yield_to[key]
+        if route is not None:
+            scope.update(route.matches(scope)[1])
+        return route
 
 
 def _endpoint(
-    handler: Handler, path: str, manager: RoomManager, serve: Serve, authenticate: bool
+    handler: Handler, path: str, router: RoomsRouter, authenticate: bool, pass_manager: bool
 ) -> Callable[..., Awaitable[None]]:
-    """A FastAPI WebSocket endpoint that calls ``handler(websocket, **path_params, **deps)``."""
+    """A FastAPI WebSocket endpoint that calls ``handler(websocket, **path_params, **deps)``.
+
+    FastAPI builds a Starlette WebSocket and hands it to the dependencies and to this
+    endpoint; ``WebSocket.adopt`` makes that same object this library's.
+    """
     starlette_path, path_types = convert_path(path)
     signature = inspect.signature(handler)
     params_ = list(signature.parameters.values())
@@ -164,6 +130,8 @@ def _endpoint(
     rest: list[inspect.Parameter] = []
     takes_kwargs = False
     for param in params_[1:]:
+        if pass_manager:
+            break  # the ready protocol: its keyword arguments come from the router
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             takes_kwargs = True
             continue
@@ -190,11 +158,20 @@ def _endpoint(
     ws_param = inspect.Parameter(
         ws_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=StarletteWebSocket
     )
+    manager_param = inspect.Parameter(
+        _MANAGER_PARAM,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Annotated[RoomManager, Depends(get_manager)],
+    )
 
     async def endpoint(**kwargs: Any) -> None:
-        await serve(handler, manager.wrap(kwargs.pop(ws_name)), kwargs, authenticate)
+        manager: RoomManager = kwargs.pop(_MANAGER_PARAM)
+        ws = manager.wrap(kwargs.pop(ws_name))
+        if pass_manager:
+            kwargs = {"manager": manager, "limits": router.limits}
+        await router._serve(handler, ws, kwargs, manager, authenticate=authenticate)
 
-    endpoint.__signature__ = inspect.Signature([ws_param, *rest])  # type: ignore[attr-defined]
+    endpoint.__signature__ = inspect.Signature([ws_param, *rest, manager_param])  # type: ignore[attr-defined]
     endpoint.__name__ = getattr(handler, "__name__", "websocket_handler")
     endpoint.__qualname__ = getattr(handler, "__qualname__", endpoint.__name__)
     endpoint.__doc__ = handler.__doc__
@@ -219,36 +196,41 @@ def _install_going_away(app: Any) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        if "fastapi_rooms.rsgi" in scope.get("extensions", {}):
+        if RSGI_EXTENSION in scope.get("extensions", {}):
             # RSGI cannot send a close code: refuse the upgrade with 404 instead.
             await send({"type": "websocket.http.response.start", "status": 404, "headers": []})
             await send({"type": "websocket.http.response.body", "body": b""})
             return
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": 1001, "reason": "no route for this path"})
+        reason = "no route for this path"
+        await send({"type": "websocket.close", "code": CloseCode.GOING_AWAY, "reason": reason})
 
     default._fastapi_rooms_going_away = True  # type: ignore[attr-defined]
     router.default = default
 
 
-def _lifespan(manager: RoomManager) -> Callable[[Any], Any]:
+def _lifespan(rooms: RoomsRouter) -> Callable[[Any], Any]:
+    manager = rooms.manager
+
     @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         state = getattr(app, "state", None)
         if state is not None:
             current = getattr(state, STATE_KEY, None)
             if current is not None and current is not manager:
-                raise RuntimeError(
+                raise ConfigurationError(
                     "this app includes rooms routers with different RoomManagers; "
                     "pass one manager to every create_rooms_router(manager=...)"
                 )
             setattr(state, STATE_KEY, manager)
-        _install_going_away(app)
+        if rooms.close_unmatched:
+            _install_going_away(app)
+        rooms._log_open_endpoints()
         owner = not manager.started
         if owner:
             await manager.start()
         try:
-            yield None
+            yield {STATE_KEY: manager}
         finally:
             if owner:
                 await manager.stop()
@@ -262,10 +244,12 @@ def _lifespan(manager: RoomManager) -> Callable[[Any], Any]:
 
 
 class RoomsRouter(APIRouter):
-    """An APIRouter with a RoomManager, Gobstopper-style ``.websocket`` and broadcast endpoints.
+    """An APIRouter with a RoomManager, Gobstopper-style ``.websocket``, the ready endpoint and
+    REST endpoints that broadcast.
 
-    ``dependencies=`` protects the REST endpoints and any HTTP route added to this router;
-    WebSocket handlers (and the ready endpoint) take their own ``dependencies=``.
+    ``dependencies=`` apply to every route, WebSocket handlers included, as in any APIRouter;
+    ``rest_dependencies=`` to the REST endpoints only. The REST endpoints refuse every call
+    unless one of those protects them or ``insecure_rest=True``.
     """
 
     def __init__(
@@ -274,6 +258,9 @@ class RoomsRouter(APIRouter):
         *,
         ready_endpoint: str | None = "/ws",
         rest: bool = True,
+        rest_dependencies: Sequence[params.Depends] | None = None,
+        insecure_rest: bool = False,
+        close_unmatched: bool = True,
         authenticate: Authenticate | None = None,
         allowed_origins: Sequence[str] | None = None,
         limits: Limits | None = None,
@@ -285,23 +272,43 @@ class RoomsRouter(APIRouter):
         self.authenticate = authenticate
         self.allowed_origins = allowed_origins
         self.limits = limits if limits is not None else Limits()
+        self.close_unmatched = close_unmatched
+        self.insecure_rest = insecure_rest
         self._open = 0
         self._open_by_ip: dict[str, int] = {}
-        lifespan = _lifespan(self.manager)
+        lifespan = _lifespan(self)
         if user_lifespan is not None:
             from fastapi.routing import _merge_lifespan_context
 
             lifespan = _merge_lifespan_context(lifespan, user_lifespan)
         self.lifespan_context = lifespan
         self.rooms_handlers: list[tuple[str, Handler]] = []
+        self._ready: Handler = _ready_handler
+        self._ready_path = None if ready_endpoint is None else self.prefix + ready_endpoint
+        self._ready_route: Any = None
+        self._ready_moved_for: str | None = None
+        self._open_rest: list[str] = []
         if rest:
-            self._add_rest_endpoints()
-        if ready_endpoint is not None:
-            # a partial, not a wrapper coroutine: one frame less per idle connection
-            protocol = functools.partial(serve_protocol, manager=self.manager, limits=self.limits)
-            self._add_ready_endpoint(
-                ready_endpoint, protocol, authenticate=authenticate is not None
+            open_rest = add_rest_endpoints(
+                self, insecure=insecure_rest, dependencies=list(rest_dependencies or [])
             )
+            if insecure_rest:
+                self._open_rest = open_rest
+        if ready_endpoint is not None:
+            self._add_ready_endpoint(ready_endpoint, authenticate=authenticate is not None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Served as an ASGI app of its own, mounted in a plain Starlette app (no FastAPI app
+        around it), the REST endpoints still get the exit stack FastAPI's app would give them."""
+        if scope["type"] == "http" and "fastapi_middleware_astack" not in scope:
+            await AsyncExitStackMiddleware(super().__call__)(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    def _mark_changed(self) -> None:
+        mark = getattr(self, "_mark_routes_changed", None)
+        if mark is not None:
+            mark()
 
     # WebSocket handlers ----------------------------------------------------------------------
 
@@ -318,38 +325,68 @@ class RoomsRouter(APIRouter):
 
         Every handler passes the router's origin check and connection limits before it runs;
         with ``authenticate=True`` also the router's ``authenticate`` hook (``websocket.user``
-        and ``websocket.user_id`` are set when it runs).
+        and ``websocket.user_id`` are set when it runs). The router's ``dependencies=`` apply
+        first, as in any APIRouter. A handler at the ready endpoint's path replaces it.
         """
         if authenticate and self.authenticate is None:
             raise ValueError(
                 f"{path}: authenticate=True needs create_rooms_router(authenticate=...)"
             )
+        self._add_handler(path, handler, name, dependencies, authenticate, ready=False)
 
-        endpoint = _endpoint(handler, path, self.manager, self._serve, authenticate)
-        starlette_path = endpoint.__rooms_handler__[1]  # type: ignore[attr-defined]
+    def _add_handler(
+        self,
+        path: str,
+        handler: Handler,
+        name: str | None,
+        dependencies: Sequence[params.Depends] | None,
+        authenticate: bool,
+        *,
+        ready: bool,
+    ) -> None:
+        endpoint = _endpoint(handler, path, self, authenticate, pass_manager=ready)
+        full_path = self.prefix + endpoint.__rooms_handler__[1]  # type: ignore[attr-defined]
+        for claimed, other in self.rooms_handlers:
+            if claimed == full_path and other is not self._ready:
+                raise ConfigurationError(
+                    f"two WebSocket handlers claim {full_path!r}: "
+                    f"{_describe(other)} and {_describe(handler)}"
+                )
+        if not ready and full_path == self._ready_path and self._ready_route is not None:
+            self._remove_ready()
+            self._ready_moved_for = _describe(handler)
+            _log.info(
+                "ready endpoint not mounted: %s is served by %s", full_path, self._ready_moved_for
+            )
         route = APIWebSocketRoute(
-            self.prefix + starlette_path,
+            full_path,
             endpoint=endpoint,
             name=name,
-            dependencies=list(dependencies or []),
+            dependencies=[*self.dependencies, *(dependencies or [])],
             dependency_overrides_provider=self.dependency_overrides_provider,
         )
         self.routes.append(route)
-        mark = getattr(self, "_mark_routes_changed", None)
-        if mark is not None:
-            mark()
-        self.rooms_handlers.append((self.prefix + starlette_path, handler))
+        self._mark_changed()
+        self.rooms_handlers.append((full_path, handler))
+        if ready:
+            self._ready_route = route
 
-    def _add_ready_endpoint(self, path: str, handler: Handler, *, authenticate: bool) -> None:
-        """The ready endpoint as a plain Starlette route to a raw ASGI app: it takes no
-        parameters, so FastAPI's per-connection dependency machinery (about 7 KB per idle
-        connection) and Starlette's WebSocket and session wrapper buy nothing."""
-        endpoint = _ReadyEndpoint(self, handler, authenticate)
-        self.routes.append(WebSocketRoute(self.prefix + path, endpoint, name="fastapi_rooms_ws"))
-        mark = getattr(self, "_mark_routes_changed", None)
-        if mark is not None:
-            mark()
-        self.rooms_handlers.append((self.prefix + path, handler))
+    def _add_ready_endpoint(self, path: str, *, authenticate: bool) -> None:
+        if self.dependencies:  # they must run, as for any route of this router
+            self._add_handler(path, self._ready, "fastapi_rooms_ws", None, authenticate, ready=True)
+            return
+        endpoint = _ReadyEndpoint(self)
+        route = WebSocketRoute(self.prefix + path, endpoint, name="fastapi_rooms_ws")
+        self.routes.append(route)
+        self._mark_changed()
+        self.rooms_handlers.append((self.prefix + path, self._ready))
+        self._ready_route = route
+
+    def _remove_ready(self) -> None:
+        self.routes.remove(self._ready_route)
+        self.rooms_handlers = [(p, h) for p, h in self.rooms_handlers if h is not self._ready]
+        self._ready_route = None
+        self._mark_changed()
 
     def websocket(
         self,
@@ -369,19 +406,50 @@ class RoomsRouter(APIRouter):
 
         return decorator
 
+    def _log_open_endpoints(self) -> None:
+        """One start-up line per thing left open on purpose, and what the router decided."""
+        if self._open_rest:
+            _log.warning(
+                "rooms REST endpoints open to anonymous callers (insecure_rest=True): %s",
+                ", ".join(self._open_rest),
+            )
+        if self._ready_route is not None and self.authenticate is None:
+            _log.info(
+                "ready endpoint %s accepts anonymous WebSocket connections (no authenticate)",
+                self._ready_path,
+            )
+        if self._ready_moved_for is not None:
+            _log.info(
+                "ready endpoint not mounted: %s is served by %s",
+                self._ready_path,
+                self._ready_moved_for,
+            )
+        if self.close_unmatched:
+            _log.info(
+                "WebSockets to unmatched paths are closed with 1001 "
+                "(create_rooms_router(close_unmatched=False) leaves them to the app)"
+            )
+
     # Admission -------------------------------------------------------------------------------
 
     async def _serve(
-        self, handler: Handler, ws: WebSocket, kwargs: dict[str, Any], authenticate: bool
+        self,
+        handler: Handler,
+        ws: WebSocket,
+        kwargs: dict[str, Any],
+        manager: RoomManager,
+        *,
+        authenticate: bool | None = None,
     ) -> None:
         """Admit (origin, limits, authentication), run the handler, free the slot after.
 
         1011 if the handler raises after accept, 403 if it returns without accepting.
         """
+        if authenticate is None:
+            authenticate = self.authenticate is not None
         claimed = await self._admit(ws, authenticate)
         if claimed is None:
             return  # refused: the handshake was answered
-        manager = self.manager
         manager._track(ws)
         try:
             await handler(ws, **kwargs)
@@ -393,10 +461,10 @@ class RoomsRouter(APIRouter):
             else:
                 _log.exception("WebSocket handler for %s raised; closing with 1011", ws.path)
                 if not ws.closed:
-                    await ws.close(1011, "internal error")
+                    await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         else:
             if not ws.closed:
-                await ws.close(1000)  # before accept this rejects the handshake with 403
+                await ws.close(CloseCode.NORMAL)  # before accept this rejects the handshake
         finally:
             manager._untrack(ws)
             self._release(claimed)
@@ -456,111 +524,14 @@ class RoomsRouter(APIRouter):
         except Exception:
             _log.exception("the authenticate hook failed; refusing the handshake")
             return None
-        ws.user = user  # type: ignore[attr-defined]
-        ws.user_id = user_id  # type: ignore[attr-defined]
+        ws.user = user
+        ws.user_id = user_id
         return user_id
 
-    # REST ------------------------------------------------------------------------------------
 
-    def _add_rest_endpoints(self) -> None:
-        manager = self.manager
-        deps: list[params.Depends] = []  # the router's own dependencies apply to HTTP routes
-        tags: list[Any] = list(self.tags) or ["rooms"]
-
-        @contextmanager
-        def refused_as_http() -> Iterator[None]:
-            """413 for a message over the size limit, 422 for other refused input."""
-            try:
-                yield
-            except MessageTooBig as exc:
-                raise HTTPException(status_code=413, detail=str(exc)) from None
-            except ValueError as exc:  # e.g. too many excluded ids for the backend's envelope
-                raise HTTPException(status_code=422, detail=str(exc)) from None
-
-        @self.post("/broadcast", response_model=BroadcastResult, dependencies=deps, tags=tags)
-        async def broadcast(body: MessageBody) -> BroadcastResult:
-            """Send a message to every connection."""
-            with refused_as_http():
-                n = await manager.broadcast_to_all(body.message, exclude=body.exclude or None)
-            return BroadcastResult(connections=n)
-
-        @self.post(
-            "/rooms/{room}/broadcast",
-            response_model=RoomBroadcastResult,
-            dependencies=deps,
-            tags=tags,
-        )
-        async def broadcast_room(room: str, body: MessageBody) -> RoomBroadcastResult:
-            """Send a message to every member of a room."""
-            with refused_as_http():
-                n = await manager.broadcast_to_room(
-                    room, body.message, exclude=body.exclude or None
-                )
-            return RoomBroadcastResult(room_connections=n)
-
-        @self.post(
-            "/connections/{connection_id}/send",
-            response_model=SendResult,
-            dependencies=deps,
-            tags=tags,
-            responses={404: {"description": "No such connection"}},
-        )
-        async def send_to_connection(connection_id: str, body: SendBody) -> SendResult:
-            """Send a message to one connection; 404 when it is not connected."""
-            with refused_as_http():
-                sent = await manager.send_to(connection_id, body.message)
-            if not sent:
-                raise HTTPException(404, detail=f"connection {connection_id!r} is not connected")
-            return SendResult(connection_id=connection_id)
-
-        @self.get("/rooms", response_model=RoomList, dependencies=deps, tags=tags)
-        async def list_rooms() -> RoomList:
-            """Rooms that have members, with their sizes."""
-            return RoomList(
-                rooms=[
-                    RoomSummary(room=r, connections=len(ids)) for r, ids in manager.rooms.items()
-                ]
-            )
-
-        @self.get(
-            "/rooms/{room}",
-            response_model=RoomDetail,
-            dependencies=deps,
-            tags=tags,
-            responses={404: {"description": "The room has no members"}},
-        )
-        async def get_room(room: str) -> RoomDetail:
-            """One room's members here and its presence on every node; 404 when it has none."""
-            ids = manager.get_room_connections(room)
-            presence = await manager.presence(room)
-            if not ids and not presence:
-                raise HTTPException(404, detail=f"room {room!r} has no members")
-            return RoomDetail(
-                room=room,
-                connections=len(ids),
-                connection_ids=sorted(ids),
-                presence=[PresenceEntry.model_validate(entry) for entry in presence],
-            )
-
-        @self.post(
-            "/users/{user_id}/send",
-            response_model=UserSendResult,
-            dependencies=deps,
-            tags=tags,
-            responses={404: {"description": "The user has no connection"}},
-        )
-        async def send_to_user(user_id: str, body: SendBody) -> UserSendResult:
-            """Send a message to every connection of a user; 404 when none is connected."""
-            with refused_as_http():
-                sent = await manager.send_to_user(user_id, body.message)
-            if not sent:
-                raise HTTPException(404, detail=f"user {user_id!r} has no connection")
-            return UserSendResult(user_id=user_id)
-
-        @self.get("/stats", dependencies=deps, tags=tags)
-        async def stats() -> dict[str, Any]:
-            """Connection, room, delivery and backend counters."""
-            return manager.stats()
+def _describe(handler: Any) -> str:
+    module = getattr(handler, "__module__", "?")
+    return f"{module}.{getattr(handler, '__qualname__', handler)}()"
 
 
 def create_rooms_router(
@@ -568,6 +539,10 @@ def create_rooms_router(
     *,
     prefix: str = "",
     ready_endpoint: str | None = "/ws",
+    rest: bool = True,
+    rest_dependencies: Sequence[params.Depends] | None = None,
+    insecure_rest: bool = False,
+    close_unmatched: bool = True,
     authenticate: Authenticate | None = None,
     allowed_origins: Sequence[str] | None = None,
     limits: Limits | None = None,
@@ -576,13 +551,19 @@ def create_rooms_router(
     """A RoomsRouter with ``manager`` (a new in-process one by default).
 
     ``app.include_router(router)`` starts and stops the manager with the app's lifespan, makes
-    ``Depends(get_manager)`` work anywhere in the app and closes WebSockets to unknown paths
-    with 1001. ``authenticate``, ``allowed_origins`` and ``limits``: see the Security docs.
+    ``Depends(get_manager)`` work anywhere in the app and (``close_unmatched``) closes
+    WebSockets to unknown paths with 1001. The REST endpoints refuse calls unless
+    ``dependencies=`` or ``rest_dependencies=`` protect them, or ``insecure_rest=True``.
+    ``authenticate``, ``allowed_origins`` and ``limits``: see the Security docs.
     """
     return RoomsRouter(
         manager,
         prefix=prefix,
         ready_endpoint=ready_endpoint,
+        rest=rest,
+        rest_dependencies=rest_dependencies,
+        insecure_rest=insecure_rest,
+        close_unmatched=close_unmatched,
         authenticate=authenticate,
         allowed_origins=allowed_origins,
         limits=limits,

@@ -1,4 +1,8 @@
-"""Gobstopper path syntax (``<name>``, ``<int:name>``) to Starlette's (``{name:int}``)."""
+"""Gobstopper compatibility: its path syntax (``<int:name>``) and its names.
+
+Attribute access to the scope (``websocket.scope.path``) lives with the WebSocket
+(``fastapi_rooms.websocket.Scope``); Gobstopper's ``Message.kind`` numbers with ``Message``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,12 @@ import re
 import uuid
 from typing import Any
 
-__all__ = ["convert_path"]
+from ..manager import RoomManager
+
+__all__ = ["WebSocketManager", "convert_path"]
+
+#: Gobstopper's name for the manager.
+WebSocketManager = RoomManager
 
 _CONVERTERS: dict[str, tuple[str, type[Any]]] = {
     "str": ("str", str),

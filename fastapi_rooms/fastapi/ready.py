@@ -9,18 +9,17 @@ Server to client: ``welcome`` (with ``connection_id`` and ``node``), ``joined``,
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
-from ._frame import MessageTooBig
-from .manager import JoinRefused, RoomManager
-from .message import ConnectionClosed
-from .security import Limits, _Bucket
-from .websocket import WebSocket
+from ..encoding import json_dumps
+from ..errors import CloseCode, ConnectionClosed, JoinRefused, MessageTooBig
+from ..manager import RoomManager
+from ..policy import Limits
+from ..websocket import WebSocket
 
 __all__ = ["ClientMessage", "serve_protocol"]
 
@@ -60,17 +59,13 @@ _client_message: TypeAdapter[Join | Leave | Publish | Ping] = TypeAdapter(Client
 
 
 def _error(code: str, message: str) -> str:
-    return json.dumps({"type": "error", "code": code, "message": message})
+    return json_dumps({"type": "error", "code": code, "message": message})
 
 
 def _describe(exc: ValidationError) -> str:
     first = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "message"
     return f"{where}: {first['msg']}"
-
-
-IDLE_CLOSE_CODE = 1001
-RATE_CLOSE_CODE = 1008
 
 
 async def serve_protocol(
@@ -81,7 +76,7 @@ async def serve_protocol(
     await websocket.accept()
     connection_id = uuid.uuid4().hex
     manager.add_connection(connection_id, websocket, user_id=getattr(websocket, "user_id", None))
-    bucket = None if limits.rate is None else _Bucket(limits.rate, limits.burst)
+    bucket = limits.rate_limiter()
     refused = 0  # messages refused in a row by the rate limit
     try:
         welcome: dict[str, Any] = {
@@ -90,8 +85,8 @@ async def serve_protocol(
             "node": manager.node_id,
         }
         if getattr(websocket, "user_id", None) is not None:
-            welcome["user_id"] = websocket.user_id  # type: ignore[attr-defined]
-        await websocket.send_text(json.dumps(welcome))
+            welcome["user_id"] = websocket.user_id
+        await websocket.send_text(json_dumps(welcome))
         idle_timeout = limits.idle_timeout
         while True:  # inline, not an async generator: a frame less per idle connection
             if idle_timeout is None:
@@ -100,15 +95,15 @@ async def serve_protocol(
                 try:
                     message = await asyncio.wait_for(websocket.receive(), idle_timeout)
                 except asyncio.TimeoutError:
-                    await websocket.close(IDLE_CLOSE_CODE, "idle timeout")
+                    await websocket.close(CloseCode.GOING_AWAY, "idle timeout")
                     break
             if message.type == "close":
                 break
             if bucket is not None:
-                if not bucket.take():
+                if not bucket.allow():
                     refused += 1
                     if refused > limits.burst:
-                        await websocket.close(RATE_CLOSE_CODE, "rate limit exceeded")
+                        await websocket.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                         break
                     await websocket.send_text(
                         _error(
@@ -145,23 +140,21 @@ async def _handle(
 ) -> None:
     if isinstance(request, Join):
         try:
-            manager.join_room(connection_id, request.room, meta=request.meta)
+            # "joined" then means messages from every node reach this connection.
+            await manager.join(connection_id, request.room, meta=request.meta)
         except JoinRefused as exc:
             await websocket.send_text(_error(exc.code, exc.reason))
             return
         except MessageTooBig as exc:
             await websocket.send_text(_error("message_too_big", f"meta too big: {exc}"))
             return
-        if manager.backplane is not None and manager.backplane.connected:
-            # "joined" then means messages from every node reach this connection.
-            try:
-                await manager.sync(manager.backplane.publish_timeout, room=request.room)
-            except asyncio.TimeoutError:
-                _log.warning("room %r not yet subscribed on the backend", request.room)
-        await websocket.send_text(json.dumps({"type": "joined", "room": request.room}))
+        except ValueError as exc:
+            await websocket.send_text(_error("invalid_message", f"meta: {exc}"))
+            return
+        await websocket.send_text(json_dumps({"type": "joined", "room": request.room}))
     elif isinstance(request, Leave):
         manager.leave_room(connection_id, request.room)
-        await websocket.send_text(json.dumps({"type": "left", "room": request.room}))
+        await websocket.send_text(json_dumps({"type": "left", "room": request.room}))
     elif isinstance(request, Publish):
         if request.room not in manager.get_connection_rooms(connection_id):
             await websocket.send_text(
@@ -180,5 +173,7 @@ async def _handle(
             )
         except MessageTooBig as exc:
             await websocket.send_text(_error("message_too_big", str(exc)))
+        except ValueError as exc:  # NaN, Infinity: no browser could parse the message
+            await websocket.send_text(_error("invalid_message", f"data: {exc}"))
     else:
         await websocket.send_text('{"type":"pong"}')

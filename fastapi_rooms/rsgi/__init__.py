@@ -18,12 +18,14 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ..websocket import RSGI_EXTENSION
+
 __all__ = ["RSGIApp"]
 
 _log = logging.getLogger("fastapi_rooms")
 
 ASGIApp = Callable[..., Awaitable[None]]
-EXTENSION = "fastapi_rooms.rsgi"
+EXTENSION = RSGI_EXTENSION
 
 
 def _split_addr(addr: str | None) -> tuple[str, int] | None:

@@ -1,4 +1,4 @@
-"""Cross-process delivery: envelopes, subscriptions, reconnection and the connection directory.
+"""Cross-process delivery: subscriptions, channel names, reconnection and the connection directory.
 
 The manager owns membership; this module keeps the backend's subscriptions equal to the rooms
 that have a local member, moves envelopes, and makes every failure visible (logged, counted,
@@ -9,93 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from .backends.base import Backend
+from ..backends.base import Backend
+from .envelope import Envelope, decode, encode
 
 __all__ = ["Backplane", "Envelope", "decode", "encode"]
 
 _log = logging.getLogger("fastapi_rooms.backplane")
 
-_MAGIC = b"FR1"
 _FIRST = asyncio.FIRST_COMPLETED
 _CHUNK = 1000  # presence entries per backend call
 _BATCH = 500  # envelopes per publish round trip
 _BATCH_BYTES = 4 << 20  # and at most this many payload bytes (one envelope may exceed it)
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One message between nodes: kind ``room``/``all``/``conn``/``user``, target, excluded ids."""
-
-    origin: str
-    kind: str
-    target: str
-    exclude: tuple[str, ...]
-    data: str | bytes
-
-
-def encode(envelope: Envelope) -> bytes:
-    """``FR1`` + 2-byte header length + JSON header + payload (never pickle)."""
-    header: dict[str, Any] = {
-        "o": envelope.origin,
-        "k": envelope.kind,
-        "t": envelope.target,
-        "b": isinstance(envelope.data, bytes),
-    }
-    if envelope.exclude:
-        header["x"] = list(envelope.exclude)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    if len(raw) > 0xFFFF:
-        raise ValueError(
-            f"envelope header of {len(raw)} bytes exceeds 65535 (too many excluded ids)"
-        )
-    body = envelope.data if isinstance(envelope.data, bytes) else envelope.data.encode()
-    return _MAGIC + len(raw).to_bytes(2, "big") + raw + body
-
-
-def decode(payload: bytes) -> Envelope:
-    """Parse an envelope; ValueError says what was expected and what arrived."""
-    if not payload.startswith(_MAGIC):
-        raise ValueError(f"expected an envelope starting with {_MAGIC!r}, got {payload[:8]!r}")
-    if len(payload) < 5:
-        raise ValueError(f"envelope of {len(payload)} bytes is too short")
-    size = int.from_bytes(payload[3:5], "big")
-    if len(payload) < 5 + size:
-        raise ValueError(f"envelope header claims {size} bytes, only {len(payload) - 5} present")
-    try:
-        header = json.loads(payload[5 : 5 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"envelope header is not JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"envelope header should be an object, got {type(header).__name__}")
-    origin, kind, target = header.get("o"), header.get("k"), header.get("t")
-    exclude = header.get("x", [])
-    if (
-        not isinstance(origin, str)
-        or kind not in ("room", "all", "conn", "user")
-        or not isinstance(target, str)
-    ):
-        raise ValueError(f"envelope header lacks a valid origin, kind or target: {header!r}")
-    if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
-        raise ValueError(f"envelope 'x' should be a list of ids, got {exclude!r}")
-    body = payload[5 + size :]
-    data: str | bytes
-    if header.get("b"):
-        data = bytes(body)
-    else:
-        try:
-            data = body.decode()
-        except UnicodeDecodeError:
-            raise ValueError("envelope text payload is not UTF-8") from None
-    return Envelope(origin, kind, target, tuple(exclude), data)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -133,9 +64,6 @@ class Backplane:
         self._flushed = asyncio.Event()  # set while nothing is queued or being written
         self._flushed.set()
         self._writer_idle = False
-        many: Callable[[Sequence[tuple[str, bytes]]], Awaitable[list[int]]] | None
-        many = getattr(backend, "publish_many", None)
-        self._publish_many = many
         self.all_channel = f"{prefix}:all"
         self.node_channel = self.node_channel_of(node)
         self._wanted: set[str] = {self.all_channel, self.node_channel}
@@ -539,18 +467,9 @@ class Backplane:
                     batch.append(item)
                 items = [(channel, payload) for channel, payload, _ in batch]
                 try:
-                    if self._publish_many is not None:
-                        counts = await asyncio.wait_for(
-                            self._publish_many(items), self.publish_timeout
-                        )
-                    else:
-                        counts = []
-                        for channel, payload in items:
-                            counts.append(
-                                await asyncio.wait_for(
-                                    self.backend.publish(channel, payload), self.publish_timeout
-                                )
-                            )
+                    counts = await asyncio.wait_for(
+                        self.backend.publish_many(items), self.publish_timeout
+                    )
                 except Exception as exc:
                     self.publish_errors += 1
                     self.publish_dropped += len(batch)

@@ -1,4 +1,4 @@
-"""Handshake checks and limits: tokens, client addresses, origins, connection counts, rates."""
+"""Admission and limits: tokens, client addresses, origins, connection counts, message rates."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .websocket import WebSocket
+from starlette.requests import HTTPConnection
 
-__all__ = ["Limits", "client_ip", "get_token", "origin_allowed", "user_id_of"]
+__all__ = ["Limits", "RateLimiter", "client_ip", "get_token", "origin_allowed", "user_id_of"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Limits:
     """Limits a rooms router enforces; ``None`` means unlimited.
 
     Connections are counted per router and process; rates and idle time per connection (the
-    ready endpoint enforces those; custom handlers read them from ``router.limits``).
+    ready endpoint enforces those; custom handlers use ``router.limits.rate_limiter()``).
     """
 
     max_connections: int | None = None  # open WebSockets; over it: HTTP 503
@@ -45,9 +45,13 @@ class Limits:
         if self.burst < 1:
             raise ValueError(f"burst should be at least 1, got {self.burst!r}")
 
+    def rate_limiter(self) -> RateLimiter | None:
+        """A new per-connection limiter for ``rate``/``burst`` (None when ``rate`` is None)."""
+        return None if self.rate is None else RateLimiter(self.rate, self.burst)
+
 
 def get_token(
-    websocket: WebSocket, *, query_param: str = "token", cookie: str | None = "token"
+    websocket: HTTPConnection, *, query_param: str = "token", cookie: str | None = "token"
 ) -> str | None:
     """The token a client sent: ``?token=``, ``Authorization: Bearer``, or a cookie."""
     values = parse_qs(websocket.scope.get("query_string", b"").decode("latin-1"))
@@ -68,7 +72,7 @@ def get_token(
     return None
 
 
-def _header(websocket: WebSocket, wanted: bytes) -> str | None:
+def _header(websocket: HTTPConnection, wanted: bytes) -> str | None:
     """The header's value; repeated lines joined with commas, in order (RFC 9110)."""
     values = [
         str(value.decode("latin-1"))
@@ -84,7 +88,7 @@ def _networks(
     return [ipaddress.ip_network(t, strict=False) for t in trusted]
 
 
-def client_ip(websocket: WebSocket, trusted_proxies: Sequence[str] = ()) -> str:
+def client_ip(websocket: HTTPConnection, trusted_proxies: Sequence[str] = ()) -> str:
     """The client's address: the peer, or, behind trusted proxies, from X-Forwarded-For.
 
     X-Forwarded-For is read right to left and the first address that is not a trusted proxy
@@ -117,7 +121,7 @@ def client_ip(websocket: WebSocket, trusted_proxies: Sequence[str] = ()) -> str:
     return hops[0] if hops else peer
 
 
-def origin_allowed(websocket: WebSocket, allowed_origins: Sequence[str] | None) -> bool:
+def origin_allowed(websocket: HTTPConnection, allowed_origins: Sequence[str] | None) -> bool:
     """Cross-site WebSocket hijacking guard.
 
     ``None`` (the default): a handshake without ``Origin`` (not a browser) or whose Origin's
@@ -157,17 +161,25 @@ def user_id_of(user: Any) -> str:
 _MISSING = object()
 
 
-class _Bucket:
-    """Token bucket: ``rate`` tokens a second, at most ``burst`` stored."""
+class RateLimiter:
+    """Token bucket: ``rate`` messages a second on average, ``burst`` at once.
+
+    One per connection: ``if not limiter.allow(): ...`` before handling a message.
+    """
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int = 20) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate should be a positive number of messages a second, got {rate!r}")
+        if burst < 1:
+            raise ValueError(f"burst should be at least 1, got {burst!r}")
         self.rate, self.burst = rate, burst
         self.tokens = float(burst)
         self.stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def allow(self) -> bool:
+        """Take one token: True when the message is within the rate."""
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now

@@ -1,0 +1,1 @@
+"""Shims that let code written for other libraries run unchanged."""

@@ -1,0 +1,1 @@
+"""The FastAPI integration: the router, its REST endpoints, the ready endpoint, get_manager."""

@@ -1,0 +1,233 @@
+"""The REST endpoints of a rooms router: broadcast and send by HTTP, list rooms, stats.
+
+They publish and reveal state, so they refuse anonymous calls: an app protects them the
+FastAPI way (``dependencies=``), or opens them with ``insecure_rest=True`` (development).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, params
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field, JsonValue
+
+from ..errors import MessageTooBig
+from ..manager import RoomManager
+from .dependencies import get_manager
+
+__all__ = ["add_rest_endpoints"]
+
+_ENDPOINTS: set[Any] = set()
+Manager = Annotated[RoomManager, Depends(get_manager)]
+
+_UNPROTECTED = (
+    "the rooms REST endpoints publish and reveal state, so they refuse calls until the app "
+    "protects them where the router is made: create_rooms_router(dependencies=[Depends(auth)]) "
+    "or rest_dependencies=[...] (dependencies given to include_router are not seen here); "
+    "insecure_rest=True opens them, for development"
+)
+
+
+def _require_protection(request: Request) -> None:
+    """Refuse unless the matched route carries a dependency besides this one."""
+    route = request.scope.get("route")
+    deps = getattr(route, "dependencies", ())
+    if not any(d.dependency is not _require_protection for d in deps):
+        raise HTTPException(status_code=403, detail=_UNPROTECTED)
+
+
+# Models --------------------------------------------------------------------------------
+
+
+class MessageBody(BaseModel):
+    """A string reaches clients unchanged as one text frame; other JSON values JSON-encoded."""
+
+    message: JsonValue = Field(description="Text sent as is, or any JSON value sent JSON-encoded.")
+    exclude: list[str] = Field(default_factory=list, description="Connection ids to skip.")
+
+
+class SendBody(BaseModel):
+    """A string reaches the client unchanged as one text frame; other JSON values JSON-encoded."""
+
+    message: JsonValue = Field(description="Text sent as is, or any JSON value sent JSON-encoded.")
+
+
+class BroadcastResult(BaseModel):
+    status: Literal["broadcasted"] = "broadcasted"
+    connections: int = Field(
+        description="Connections on this node the message was handed to (with a backend, "
+        "other nodes deliver to theirs and are not counted)."
+    )
+
+
+class RoomBroadcastResult(BaseModel):
+    status: Literal["sent"] = "sent"
+    room_connections: int = Field(
+        description="Members on this node the message was handed to (with a backend, "
+        "members on other nodes are not counted)."
+    )
+
+
+class SendResult(BaseModel):
+    status: Literal["sent"] = "sent"
+    connection_id: str
+
+
+class RoomSummary(BaseModel):
+    room: str
+    connections: int
+
+
+class RoomList(BaseModel):
+    rooms: list[RoomSummary]
+
+
+class PresenceConnection(BaseModel):
+    connection_id: str
+    meta: JsonValue = Field(default=None, description="What the connection gave at join.")
+    node: str | None = Field(default=None, description="The process holding the connection.")
+
+
+class PresenceEntry(BaseModel):
+    user_id: str | None = Field(description="None for a connection without a user.")
+    connections: list[PresenceConnection]
+
+
+class RoomDetail(BaseModel):
+    room: str
+    connections: int = Field(description="Members on this node.")
+    connection_ids: list[str] = Field(description="Members on this node.")
+    presence: list[PresenceEntry] = Field(
+        default_factory=list, description="Members on every node, grouped by user."
+    )
+
+
+class UserSendResult(BaseModel):
+    status: Literal["sent"] = "sent"
+    user_id: str
+
+
+
+# Endpoints ----------------------------------------------------------------------------------------
+
+
+def add_rest_endpoints(
+    router: APIRouter, *, insecure: bool, dependencies: list[params.Depends]
+) -> list[str]:
+    """Add the REST endpoints to ``router``; returns them as ``"METHOD path"`` lines.
+
+    They refuse every call (403) unless a dependency protects them (``dependencies`` or the
+    router's own), or ``insecure`` (development).
+    """
+    deps = [*dependencies] if insecure else [*dependencies, Depends(_require_protection)]
+    tags: list[Any] = list(router.tags) or ["rooms"]
+
+    @contextmanager
+    def refused_as_http() -> Iterator[None]:
+        """413 for a message over the size limit, 422 for other refused input."""
+        try:
+            yield
+        except MessageTooBig as exc:
+            raise HTTPException(status_code=413, detail=str(exc)) from None
+        except ValueError as exc:  # e.g. too many excluded ids for the backend's envelope
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+
+    @router.post("/broadcast", response_model=BroadcastResult, dependencies=deps, tags=tags)
+    async def broadcast(body: MessageBody, manager: Manager) -> BroadcastResult:
+        """Send a message to every connection."""
+        with refused_as_http():
+            n = await manager.broadcast_to_all(body.message, exclude=body.exclude or None)
+        return BroadcastResult(connections=n)
+
+    @router.post(
+        "/rooms/{room}/broadcast",
+        response_model=RoomBroadcastResult,
+        dependencies=deps,
+        tags=tags,
+    )
+    async def broadcast_room(room: str, body: MessageBody, manager: Manager) -> RoomBroadcastResult:
+        """Send a message to every member of a room."""
+        with refused_as_http():
+            n = await manager.broadcast_to_room(
+                room, body.message, exclude=body.exclude or None
+            )
+        return RoomBroadcastResult(room_connections=n)
+
+    @router.post(
+        "/connections/{connection_id}/send",
+        response_model=SendResult,
+        dependencies=deps,
+        tags=tags,
+        responses={404: {"description": "No such connection"}},
+    )
+    async def send_to_connection(
+        connection_id: str, body: SendBody, manager: Manager
+    ) -> SendResult:
+        """Send a message to one connection; 404 when it is not connected."""
+        with refused_as_http():
+            sent = await manager.send_to(connection_id, body.message)
+        if not sent:
+            raise HTTPException(404, detail=f"connection {connection_id!r} is not connected")
+        return SendResult(connection_id=connection_id)
+
+    @router.get("/rooms", response_model=RoomList, dependencies=deps, tags=tags)
+    async def list_rooms(manager: Manager) -> RoomList:
+        """Rooms that have members, with their sizes."""
+        return RoomList(
+            rooms=[
+                RoomSummary(room=r, connections=len(ids)) for r, ids in manager.rooms.items()
+            ]
+        )
+
+    @router.get(
+        "/rooms/{room}",
+        response_model=RoomDetail,
+        dependencies=deps,
+        tags=tags,
+        responses={404: {"description": "The room has no members"}},
+    )
+    async def get_room(room: str, manager: Manager) -> RoomDetail:
+        """One room's members here and its presence on every node; 404 when it has none."""
+        ids = manager.get_room_connections(room)
+        presence = await manager.presence(room)
+        if not ids and not presence:
+            raise HTTPException(404, detail=f"room {room!r} has no members")
+        return RoomDetail(
+            room=room,
+            connections=len(ids),
+            connection_ids=sorted(ids),
+            presence=[PresenceEntry.model_validate(entry) for entry in presence],
+        )
+
+    @router.post(
+        "/users/{user_id}/send",
+        response_model=UserSendResult,
+        dependencies=deps,
+        tags=tags,
+        responses={404: {"description": "The user has no connection"}},
+    )
+    async def send_to_user(user_id: str, body: SendBody, manager: Manager) -> UserSendResult:
+        """Send a message to every connection of a user; 404 when none is connected."""
+        with refused_as_http():
+            sent = await manager.send_to_user(user_id, body.message)
+        if not sent:
+            raise HTTPException(404, detail=f"user {user_id!r} has no connection")
+        return UserSendResult(user_id=user_id)
+
+    @router.get("/stats", dependencies=deps, tags=tags)
+    async def stats(manager: Manager) -> dict[str, Any]:
+        """Connection, room, delivery and backend counters."""
+        return manager.stats()
+
+    _ENDPOINTS.update(
+        {broadcast, broadcast_room, send_to_connection, list_rooms, get_room, send_to_user, stats}
+    )
+    return [
+        f"{method} {route.path}"
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.endpoint in _ENDPOINTS
+        for method in sorted(route.methods or ())
+    ]
