@@ -57,7 +57,7 @@ async def test_the_websocket_is_starlettes_with_gobstoppers_surface(api: Server)
             "query": "query",
             "cookie": "cookie",
             "url_path": "/superset/7",
-            "path_params": {"item": 7},
+            "path_params": {"item": "7"},  # Starlette's, as the path converter gives it
             "item": 7,
             "client_host": "127.0.0.1",
             "scope_path": "/superset/7",
@@ -112,16 +112,21 @@ async def test_integer_room_names_are_the_rest_endpoints_rooms(api: Server) -> N
 
 
 async def test_nan_is_refused_not_sent_to_browsers(api: Server) -> None:
-    """Python's JSON writes NaN; a browser's JSON.parse throws on it: refuse, deliver nothing."""
-    async with connect(f"{api.ws}/rooms-ready") if False else connect(f"{api.ws}/connect/n") as b:
-        await recv(b)
+    """Python's JSON reads and writes NaN; a browser's JSON.parse throws on it: refuse it with
+    a clear answer and deliver nothing."""
+    async with connect(f"{api.ws}/connect/n") as member:
+        await recv(member)
         async with httpx.AsyncClient(base_url=api.http, timeout=WAIT) as http:
-            r = await http.post("/rooms/n/broadcast", json={"message": {"x": 1e400}})
-            # JSON has no Infinity: httpx sends it as a huge number; the server refuses it.
-            assert r.status_code == 422, r.text
+            for literal in (b"NaN", b"Infinity", b"1e400"):
+                r = await http.post(
+                    "/rooms/n/broadcast",
+                    content=b'{"message": {"x": ' + literal + b"}}",
+                    headers={"content-type": "application/json"},
+                )
+                assert r.status_code == 422 and "not valid JSON" in r.text, r.text
             ok = await http.post("/rooms/n/broadcast", json={"message": {"x": 1}})
             assert ok.status_code == 200
-        assert json.loads(await recv(b)) == {"x": 1}  # the refused one never arrived
+        assert json.loads(await recv(member)) == {"x": 1}  # the refused ones never arrived
 
 
 @pytest.mark.parametrize(
@@ -179,3 +184,23 @@ async def test_a_plain_starlette_app_serves_handlers_ready_endpoint_and_rest(
         async with httpx.AsyncClient(base_url=server.http, timeout=WAIT) as http:
             stats = await http.get("/rt/stats")
             assert stats.status_code == 200 and stats.json()["connections"] == 1
+
+
+async def test_rest_refuses_anonymous_calls_by_default_and_start_up_says_what_is_open(
+    server_kind: str, serve: Callable[..., Server], api: Server
+) -> None:
+    server = serve(server_kind, target(server_kind, "default_app"))
+    async with httpx.AsyncClient(base_url=server.http, timeout=WAIT) as http:
+        for method, path in (("POST", "/broadcast"), ("GET", "/stats"), ("GET", "/rooms")):
+            r = await http.request(method, path, json={"message": "x"})
+            assert r.status_code == 403 and "insecure_rest=True" in r.text, (path, r.text)
+    # close_unmatched=False: an unknown WebSocket path is left to Starlette (handshake refused).
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{server.ws}/nowhere"):
+            pass
+    assert refused.value.response.status_code == 403
+    assert "open to anonymous callers" not in server.log()
+    # The app that opened them on purpose names every one at start-up.
+    opened = next(line for line in api.log().splitlines() if "open to anonymous" in line)
+    for endpoint in ("POST /broadcast", "GET /stats", "POST /users/{user_id}/send"):
+        assert endpoint in opened

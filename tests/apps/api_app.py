@@ -206,3 +206,9 @@ async def app_ws(websocket: FastAPIWebSocket) -> None:
 
 
 late_rsgi_app = RSGIApp(late_app)
+
+# Secure defaults -------------------------------------------------------------------------------
+
+default_app = FastAPI()
+default_app.include_router(create_rooms_router(close_unmatched=False))
+default_rsgi_app = RSGIApp(default_app)
