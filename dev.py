@@ -2,10 +2,12 @@
 """Set-up and everyday commands; needs only python3 (3.10+).
 
     python3 dev.py demo    # the chat example on http://127.0.0.1:8000 (in-process backend)
-    python3 dev.py test    # lint, types, docs build and the whole test suite
+    python3 dev.py test    # lint, types, docs build, the whole test suite, then the floor job
     python3 dev.py bench   # every benchmark, then docs/benchmarks.md (see benchmarks/README.md)
 
 Each command creates .venv and installs the package with its extras when pyproject.toml changed.
+The floor job runs a few test files in .venv-floor against the lowest supported FastAPI,
+Starlette and Pydantic; FASTAPI_ROOMS_SKIP_FLOOR=1 skips it (CI always runs it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 STAMP = VENV / ".fastapi-rooms-installed"
+
+# The dependency floors of pyproject.toml, pinned. fastapi 0.137.0 itself requires
+# starlette>=0.46.0 and pydantic>=2.9.0, so these pins install together.
+FLOOR_VENV = ROOT / ".venv-floor"
+FLOOR_PY = FLOOR_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+FLOOR_STAMP = FLOOR_VENV / ".fastapi-rooms-installed"
+FLOOR_PINS = ("fastapi==0.137.0", "starlette==0.46.0", "pydantic==2.9.*")
+FLOOR_TOOLS = ("uvicorn[standard]", "websockets", "httpx", "pytest", "anyio")
+FLOOR_TESTS = ("tests/test_router.py", "tests/test_manager.py", "tests/test_floor.py")
 
 
 def run(*cmd: str | Path, **kwargs: object) -> None:
@@ -42,6 +53,33 @@ def ensure_env() -> None:
     STAMP.write_text(digest)
 
 
+def ensure_floor_env() -> None:
+    """Create .venv-floor with the pinned floors; reinstall when the pins or pyproject change."""
+    if not FLOOR_PY.exists():
+        venv.EnvBuilder(with_pip=True).create(FLOOR_VENV)
+    ignore = FLOOR_VENV / ".gitignore"  # keeps the venv out of git, as Python 3.13+ venvs do
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    pins = "\n".join((*FLOOR_PINS, *FLOOR_TOOLS)).encode()
+    digest = hashlib.sha256(pins + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if FLOOR_STAMP.exists() and FLOOR_STAMP.read_text() == digest:
+        return
+    run(FLOOR_PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(FLOOR_PY, "-m", "pip", "install", "--quiet", "-e", ".", *FLOOR_PINS, *FLOOR_TOOLS)
+    FLOOR_STAMP.write_text(digest)
+
+
+def floor() -> None:
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    if os.environ.get("FASTAPI_ROOMS_SKIP_FLOOR") == "1" and not in_ci:
+        print("== floor: skipped (FASTAPI_ROOMS_SKIP_FLOOR=1) ==", flush=True)
+        return
+    ensure_floor_env()
+    versions = ", ".join(pin.replace("==", " ").rstrip(".*") for pin in FLOOR_PINS)
+    print(f"== floor: {versions} ==", flush=True)
+    run(FLOOR_PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FLOOR_TESTS)
+
+
 def demo() -> None:
     run(PY, "-m", "uvicorn", "examples.chat.app:app", "--host", "127.0.0.1", "--port", "8000")
 
@@ -51,6 +89,7 @@ def test(args: list[str]) -> None:
     run(PY, "-m", "mypy")
     run(PY, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(VENV / "site"))
     run(PY, "-m", "pytest", *args)
+    floor()
 
 
 def bench(args: list[str]) -> None:

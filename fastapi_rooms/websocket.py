@@ -113,6 +113,7 @@ class WebSocket(StarletteWebSocket):
         self._setup(max_message_bytes, max_buffer, overflow, close_timeout)
         if accepted:  # the handshake was completed by someone else
             self.client_state = self.application_state = _CONNECTED
+            self._accepted = True
 
     def _setup(
         self,
@@ -133,6 +134,7 @@ class WebSocket(StarletteWebSocket):
         self.transport = "asgi" if handle is None else "rsgi"
         sink = ASGISink(self._send) if handle is None else RSGISink(handle)
         self._outbound = Outbound(sink, limit=max_buffer, policy=overflow, on_dead=self._dead)
+        self._accepted = self.application_state is _CONNECTED
         self._closed = False  # no more frames go out
         self._marked = False  # close code recorded and close listeners run
         self._finished = False  # the close was reported to the handler: receive() raises now
@@ -176,9 +178,8 @@ class WebSocket(StarletteWebSocket):
 
     @property
     def accepted(self) -> bool:
-        return self.application_state is _CONNECTED or (
-            self._closed and self.close_code is not None and self._outbound.sent > 0
-        )
+        """True once the handshake completed (and still after the connection closed)."""
+        return self._accepted
 
     @property
     def closed(self) -> bool:
@@ -260,7 +261,8 @@ class WebSocket(StarletteWebSocket):
                 if message["type"] == "websocket.disconnect":
                     self._finished = True
                     self.client_state = _DISCONNECTED
-                    self._mark_closed(message.get("code", 1006), "client left before accept")
+                    code = message.get("code", CloseCode.ABNORMAL)
+                    self._mark_closed(code, "client left before accept")
                     raise ConnectionClosed(CloseCode.ABNORMAL, "client left before accept")
                 raise RuntimeError(
                     f"expected 'websocket.connect' from the server, got {message['type']!r}"
@@ -276,6 +278,7 @@ class WebSocket(StarletteWebSocket):
             self._mark_closed(CloseCode.ABNORMAL, "handshake failed")
             raise ConnectionClosed(CloseCode.ABNORMAL, "handshake failed") from exc
         self.application_state = _CONNECTED
+        self._accepted = True
 
     # Sending ------------------------------------------------------------------------------
 
@@ -323,7 +326,7 @@ class WebSocket(StarletteWebSocket):
             else:
                 await self.send_bytes(message.get("bytes") or b"")
         elif kind == "websocket.close":
-            await self.close(message.get("code", 1000), message.get("reason") or "")
+            await self.close(message.get("code", CloseCode.NORMAL), message.get("reason") or "")
         elif kind == "websocket.accept":
             await self.accept(message.get("subprotocol"), message.get("headers"))
         elif kind.startswith("websocket.http.response."):
@@ -363,7 +366,10 @@ class WebSocket(StarletteWebSocket):
             self._outbound.cancel()
             self._mark_closed(CloseCode.ABNORMAL, f"receive failed: {type(exc).__name__}")
             return Message(
-                "error", f"{type(exc).__name__}: {exc}", code=1006, reason="receive failed"
+                "error",
+                f"{type(exc).__name__}: {exc}",
+                code=CloseCode.ABNORMAL,
+                reason="receive failed",
             )
         finally:
             self._receiving = False
@@ -376,10 +382,10 @@ class WebSocket(StarletteWebSocket):
                 return await self._reject_oversize(size)
             return Message("text", text) if text is not None else Message("bytes", data)
         if kind == "websocket.disconnect":
-            code = int(event.get("code", 1005))
+            code = int(event.get("code", CloseCode.NO_STATUS))
             reason = event.get("reason")
-            if reason is None and code == 1005:
-                code = 1006  # the server saw no close frame: the connection dropped
+            if reason is None and code == CloseCode.NO_STATUS:
+                code = CloseCode.ABNORMAL  # the server saw no close frame: the connection dropped
             self._finished = True
             self.client_state = _DISCONNECTED
             self._outbound.cancel()

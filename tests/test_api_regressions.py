@@ -81,11 +81,11 @@ async def test_a_tutorial_endpoints_connection_leaves_when_the_client_does(api: 
     """``@app.websocket`` + ``add_connection`` + ``receive_text()``, no remove_connection."""
     async with httpx.AsyncClient(base_url=api.http, timeout=WAIT) as http:
         async with connect(f"{api.ws}/tutorial/alice") as alice:
-            state = (await http.get("/test/connections", params={"n": 1})).json()
-            assert state == {"connections": 1, "rooms": ["tutorial"]}
             await alice.send("hi")
             assert await recv(alice) == "alice: hi"
-        state = (await http.get("/test/connections", params={"n": 0})).json()
+            state = (await http.get("/test/connections")).json()
+            assert state == {"connections": 1, "rooms": ["tutorial"]}
+        state = (await http.get("/test/ended/tutorial")).json()
         assert state == {"connections": 0, "rooms": []}
 
 
@@ -96,7 +96,9 @@ async def test_manager_connect_joins_and_always_cleans_up(api: Server) -> None:
             assert a_id != b_id
             await a.send("hello")
             assert await recv(b) == "hello" and await recv(a) == "hello"
-        state = (await http.get("/test/connections", params={"n": 0})).json()
+            await a.close()
+            await http.get("/test/ended/connect")
+        state = (await http.get("/test/ended/connect")).json()
         assert state == {"connections": 0, "rooms": []}
 
 

@@ -122,7 +122,7 @@ async def test_anonymous_connections_cannot_join_under_a_join_policy() -> None:
 
 async def test_room_names_may_be_ints_or_uuids_and_are_one_room_with_their_text() -> None:
     m = RoomManager()
-    _, peer = connect(m, "a")
+    connect(m, "a")
     m.join_room("a", 42)  # type: ignore[arg-type]
     uid = uuid.UUID(int=7)
     m.join_room("a", uid)  # type: ignore[arg-type]
@@ -144,7 +144,7 @@ async def test_start_waits_for_the_backend_then_a_broadcast_reaches_other_nodes(
         assert a.backplane is not None and a.backplane.connected  # no waiting by the caller
         await a.broadcast_to_room("r", "first")
         assert a.backplane.publish_dropped == 0
-        await asyncio.wait_for(_until(lambda: peer.texts() == ["first"]), 5)
+        await asyncio.wait_for(_until(peer, lambda: peer.texts() == ["first"]), 5)
     finally:
         await a.stop()
         await b.stop()
@@ -161,16 +161,17 @@ async def test_an_awaited_join_hears_the_next_message_from_another_node(redis_ur
         async with b.connect(ws, connection_id="bob2") as conn:
             await conn.join("r")  # returns once node b hears room r
             await a.broadcast_to_room("r", "right after the join")
-            await asyncio.wait_for(_until(lambda: peer.texts() == ["right after the join"]), 5)
+            await asyncio.wait_for(_until(peer, lambda: peer.texts() == ["right after the join"]), 5)
         assert b.connections == {"bob": ws}  # the context removed only its own registration
     finally:
         await a.stop()
         await b.stop()
 
 
-async def _until(check: Any) -> None:
+async def _until(peer: FakePeer, check: Any) -> None:
     while not check():
-        await asyncio.sleep(0.01)  # condition on a fake peer: no event to wait on
+        peer.got.clear()
+        await peer.got.wait()
 
 
 def test_rate_limiter_is_public_and_checks_its_input() -> None:

@@ -20,12 +20,14 @@ class FakePeer:
         self.writable = asyncio.Event()
         self.writable.set()
         self.fail: Exception | None = None
+        self.got = asyncio.Event()  # set on every frame sent
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.writable.wait()
         if self.fail is not None:
             raise self.fail
         self.sent.append(event)
+        self.got.set()
 
     async def receive(self) -> dict[str, Any]:
         await asyncio.Event().wait()

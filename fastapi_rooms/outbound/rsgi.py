@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..errors import CloseCode
+
 __all__ = ["RSGISink"]
 
 
@@ -26,7 +28,7 @@ class RSGISink:
 
     def write(self, event: dict[str, Any]) -> asyncio.Future[Any] | None:
         if event["type"] == "websocket.close":
-            self._handle.close(None, event.get("code", 1000))
+            self._handle.close(None, event.get("code", CloseCode.NORMAL))
             return None
         transport = self._handle.transport
         text = event.get("text")

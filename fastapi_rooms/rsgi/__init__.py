@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ..errors import CloseCode
 from ..websocket import RSGI_EXTENSION
 
 __all__ = ["RSGIApp"]
@@ -184,7 +185,7 @@ class RSGIWebSocketHandle:
         self.connected = False  # websocket.connect delivered
         self.accepted = False
         self.closed = False
-        self.close_code = 1000
+        self.close_code: int = CloseCode.NORMAL
         self._waiter: asyncio.Future[Any] | None = None  # a receive() in progress
 
     async def receive(self) -> dict[str, Any]:
@@ -194,7 +195,7 @@ class RSGIWebSocketHandle:
         if self.closed:
             return {"type": "websocket.disconnect", "code": self.close_code, "reason": ""}
         if self.transport is None:
-            return {"type": "websocket.disconnect", "code": 1006}
+            return {"type": "websocket.disconnect", "code": CloseCode.ABNORMAL}
         # Wait through a future that close() can resolve: Granian's receive() does not return
         # when the app closes the connection, and the handler must not hang on it.
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -212,7 +213,7 @@ class RSGIWebSocketHandle:
             message = done.result()
         except RuntimeError:  # Granian's ProtocolClosed / ProtocolError
             self.closed = True
-            return {"type": "websocket.disconnect", "code": 1006}
+            return {"type": "websocket.disconnect", "code": CloseCode.ABNORMAL}
         kind = int(message.kind)
         if kind == 2:
             return {"type": "websocket.receive", "text": message.data}
@@ -220,7 +221,7 @@ class RSGIWebSocketHandle:
             return {"type": "websocket.receive", "bytes": bytes(message.data)}
         self.closed = True
         # The client sent a close frame; RSGI does not expose its code.
-        return {"type": "websocket.disconnect", "code": 1005, "reason": ""}
+        return {"type": "websocket.disconnect", "code": CloseCode.NO_STATUS, "reason": ""}
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
@@ -246,7 +247,7 @@ class RSGIWebSocketHandle:
             else:
                 await self.transport.send_bytes(bytes(message.get("bytes") or b""))
         elif kind == "websocket.close":
-            self.close(None if self.accepted else 403, message.get("code", 1000))
+            self.close(None if self.accepted else 403, message.get("code", CloseCode.NORMAL))
         elif kind == "websocket.http.response.start":
             if self.accepted:
                 raise RuntimeError("websocket.http.response.start after accept")
@@ -256,7 +257,7 @@ class RSGIWebSocketHandle:
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for a WebSocket")
 
-    def close(self, status: int | None, code: int = 1000) -> None:
+    def close(self, status: int | None, code: int = CloseCode.NORMAL) -> None:
         """Close once: before accept a valid HTTP status (never a WebSocket code), after it none.
 
         ``code`` is what the app meant to send; RSGI cannot carry it, the app's own receive()

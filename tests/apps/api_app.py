@@ -28,11 +28,15 @@ from fastapi_rooms.rsgi import RSGIApp
 Manager = Annotated[RoomManager, Depends(get_manager)]
 
 
-async def wait_connections(manager: RoomManager, n: int, timeout: float) -> dict[str, Any]:
-    """Wait (server side) until the manager holds ``n`` connections; report what it holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while len(manager.connections) != n and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)  # polling the manager: a close has no event to wait on here
+_ended: dict[str, asyncio.Event] = {}
+
+
+def ended(name: str) -> asyncio.Event:
+    """Set when the handler ``name`` has returned (after what the library did at the end)."""
+    return _ended.setdefault(name, asyncio.Event())
+
+
+def state_of(manager: RoomManager) -> dict[str, Any]:
     return {"connections": len(manager.connections), "rooms": sorted(manager.rooms)}
 
 
@@ -81,11 +85,14 @@ async def superset(
 
 @rooms.websocket("/connect/{room}")
 async def connect(websocket: WebSocket, room: str, manager: Manager) -> None:
-    async with manager.connect(websocket) as conn:
-        await conn.join(room)
-        await websocket.send_text(conn.id)
-        async for message in websocket:
-            await conn.broadcast(room, message.data)
+    try:
+        async with manager.connect(websocket) as conn:
+            await conn.join(room)
+            await websocket.send_text(conn.id)
+            async for message in websocket:
+                await conn.broadcast(room, message.data)
+    finally:
+        ended("connect").set()
 
 
 @rooms.websocket("/numbered/{room_id}")
@@ -112,12 +119,20 @@ async def tutorial(websocket: FastAPIWebSocket, client_id: str, manager: Manager
             data = await websocket.receive_text()
             await manager.broadcast_to_room("tutorial", f"{client_id}: {data}")
     except WebSocketDisconnect:
-        pass
+        ended("tutorial").set()  # the library removed it before receive_text() raised
 
 
 @app.get("/test/connections")
-async def connections(n: int, manager: Manager, timeout: float = 10.0) -> dict[str, Any]:
-    return await wait_connections(manager, n, timeout)
+async def connections(manager: Manager) -> dict[str, Any]:
+    return state_of(manager)
+
+
+@app.get("/test/ended/{name}")
+async def handler_ended(name: str, manager: Manager, timeout: float = 10.0) -> dict[str, Any]:
+    """What the manager holds once handler ``name`` has ended (twice if two did)."""
+    await asyncio.wait_for(ended(name).wait(), timeout)
+    ended(name).clear()
+    return state_of(manager)
 
 
 @app.get("/test/iter-text")
