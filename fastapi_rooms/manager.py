@@ -183,18 +183,19 @@ class RoomManager:
 
     def remove_connection(self, connection_id: str) -> None:
         """Forget a connection and take it out of every room (idempotent)."""
-        removed = self._registry.remove(connection_id)
-        if removed is None:
+        ws = self._connections.get(connection_id)
+        if ws is None:
             return
-        ws, rooms, last_of_user = removed
         ws._off_closed((self, connection_id))
+        for room in tuple(self._registry.memberships.get(connection_id, ())):
+            self._left(room, connection_id)  # while its user is known: the leave event names it
+        removed = self._registry.remove(connection_id)
+        last_of_user = None if removed is None else removed[2]
         backplane = self.backplane
         if backplane is not None:
             backplane.remove_local(connection_id)
-        for room in rooms:
-            self._left(room, connection_id)
-        if backplane is not None and last_of_user is not None:
-            backplane.unwant(backplane.user_channel(last_of_user))
+            if last_of_user is not None:
+                backplane.unwant(backplane.user_channel(last_of_user))
         if ws not in self._connections.values():
             self._sockets.discard(ws)
 

@@ -206,3 +206,46 @@ async def test_rest_refuses_anonymous_calls_by_default_and_start_up_says_what_is
     opened = next(line for line in api.log().splitlines() if "open to anonymous" in line)
     for endpoint in ("POST /broadcast", "GET /stats", "POST /users/{user_id}/send"):
         assert endpoint in opened
+
+
+async def test_router_dependencies_guard_websocket_handlers_and_the_ready_endpoint(
+    server_kind: str, serve: Callable[..., Server]
+) -> None:
+    server = serve(server_kind, target(server_kind, "guarded_app"))
+    for path in ("/guarded", "/ws"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{server.ws}{path}"):
+                pass
+        assert refused.value.response.status_code == 401, path
+    async with connect(f"{server.ws}/guarded", additional_headers={"x-key": "k"}) as ws:
+        assert await recv(ws) == "let in"
+    async with connect(f"{server.ws}/ws", additional_headers={"x-key": "k"}) as ws:
+        assert json.loads(await recv(ws))["type"] == "welcome"
+    async with httpx.AsyncClient(base_url=server.http, timeout=WAIT) as http:
+        assert (await http.get("/stats")).status_code == 401
+        assert (await http.get("/stats", headers={"x-key": "k"})).status_code == 200
+
+
+async def test_start_up_waits_for_redis_and_an_awaited_join_hears_the_other_node(
+    redis_url: str, redis_prefix: str, serve: Callable[..., Server]
+) -> None:
+    """Two nodes (uvicorn and granian) on Redis: the first request after start-up sees the
+    backend connected, and a handler's ``await conn.join(room)`` hears the very next message
+    published on the other node."""
+    env = {"REDIS_URL": redis_url, "ROOMS_PREFIX": redis_prefix}
+    nodes = [
+        serve("uvicorn", "redis_app:app", {**env, "NODE_ID": "one"}),
+        serve("granian-rsgi", "redis_app:rsgi_app", {**env, "NODE_ID": "two"}),
+    ]
+    for node in nodes:
+        async with httpx.AsyncClient(base_url=node.http, timeout=WAIT) as http:
+            backend = (await http.get("/stats")).json()["backend"]
+            assert backend["connected"] is True, backend
+    for joining, publishing in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+        for attempt in range(5):  # a lost race would show up in any of them
+            room = f"join-{attempt}-{joining.kind}"
+            async with connect(f"{joining.ws}/joiner/{room}") as ws:
+                assert await recv(ws) == "joined"
+                async with httpx.AsyncClient(base_url=publishing.http, timeout=WAIT) as http:
+                    await http.post(f"/rooms/{room}/broadcast", json={"message": "first"})
+                assert await recv(ws) == "first"

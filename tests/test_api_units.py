@@ -213,3 +213,17 @@ def test_two_handlers_on_one_path_fail_naming_both() -> None:
 
         @rooms.websocket("/chat/<room>")
         async def second(websocket: WebSocket, room: str) -> None: ...
+
+
+async def test_a_leave_event_names_the_user_that_left() -> None:
+    m = RoomManager(presence_events=True)
+    _, watcher = connect(m, "w")
+    ws, _ = connect(m, "x")
+    m.remove_connection("x")
+    m.add_connection("x", ws, user_id="u1")
+    m.join_room("w", "r")
+    m.join_room("x", "r")
+    m.remove_connection("x")
+    await next_pass()
+    events = [json.loads(t) for t in watcher.texts()]
+    assert [(e["event"], e["user_id"]) for e in events] == [("join", "u1"), ("leave", "u1")]

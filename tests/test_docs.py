@@ -3,6 +3,8 @@
 A block preceded by ``<!-- fragment -->`` is not runnable alone: it is only compiled. Every other
 ```python block must be a whole app (it defines ``app``): it is imported as a module from a
 temporary file and started under TestClient. The quickstart's app is also exercised end to end.
+Samples whose REST endpoints are protected are called with their credential, and without it
+(403: the REST endpoints refuse anonymous calls by default).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
 import fastapi_rooms
@@ -144,6 +146,9 @@ def test_app_sample_imports_and_starts(block: Block, tmp_path: Path, loaded: lis
         assert client.get("/openapi.json").status_code == 200
 
 
+ADMIN = {"X-Admin-Token": "change-me"}  # the credential the quickstart and README samples use
+
+
 def test_quickstart_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
     app = load(quickstart_app(), tmp_path).app
     with TestClient(app) as client:
@@ -160,23 +165,30 @@ def test_quickstart_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
                 assert alice.receive_json() == expected
                 assert bob.receive_json() == expected
 
-                # The app's REST endpoint with Depends(get_manager) reaches the room.
-                response = client.post("/notify/lobby", json={"text": "maintenance at noon"})
+                # The app's REST endpoint with Depends(get_manager) reaches the room, for admins.
+                notice = {"text": "maintenance at noon"}
+                assert client.post("/notify/lobby", json=notice).status_code == 403
+                response = client.post("/notify/lobby", json=notice, headers=ADMIN)
                 assert response.status_code == 200
                 assert response.json() == {"delivered": 2}
                 for ws in (alice, bob):
                     assert ws.receive_json() == {"event": "notice", "text": "maintenance at noon"}
 
-                # The router's own REST endpoints see the room and broadcast into it.
-                room = client.get("/rooms/lobby").json()
+                # The router's own REST endpoints refuse anonymous calls (rest_dependencies)...
+                body = {"message": "plain text"}
+                assert client.get("/rooms/lobby").status_code == 403
+                assert client.post("/rooms/lobby/broadcast", json=body).status_code == 403
+                # ... and with the credential see the room and broadcast into it.
+                room = client.get("/rooms/lobby", headers=ADMIN).json()
                 assert sorted(room["connection_ids"]) == sorted([alice_id, bob_id])
-                response = client.post("/rooms/lobby/broadcast", json={"message": "plain text"})
+                response = client.post("/rooms/lobby/broadcast", json=body, headers=ADMIN)
                 assert response.json() == {"status": "sent", "room_connections": 2}
                 assert alice.receive_text() == "plain text"
                 assert bob.receive_text() == "plain text"
+            # manager.connect() removed bob when his block ended; the handler said so.
             assert alice.receive_json() == {"event": "left", "id": bob_id}
 
-        # The ready endpoint, as the quickstart describes it.
+        # The ready endpoint, as the quickstart describes it (rest_dependencies leave it open).
         with client.websocket_connect("/ws") as ws:
             welcome = ws.receive_json()
             assert welcome["type"] == "welcome"
@@ -191,6 +203,23 @@ def test_quickstart_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
             }
             ws.send_json({"type": "ping"})
             assert ws.receive_json() == {"type": "pong"}
+        assert client.get("/rooms", headers=ADMIN).json() == {"rooms": []}
+        assert client.get("/stats").status_code == 403
+
+
+def test_quickstart_insecure_rest_fragment_opens_rest() -> None:
+    """The development opt-out the quickstart shows: the REST endpoints answer anyone."""
+    fragments = [
+        block
+        for block in BLOCKS
+        if block.path.name == "quickstart.md" and "insecure_rest=True" in block.code
+    ]
+    assert len(fragments) == 1
+    namespace: dict[str, object] = {"create_rooms_router": fastapi_rooms.create_rooms_router}
+    exec(compile(fragments[0].code, fragments[0].id, "exec"), namespace)
+    app = FastAPI()
+    app.include_router(namespace["rooms"])  # type: ignore[arg-type]
+    with TestClient(app) as client:
         assert client.get("/rooms").json() == {"rooms": []}
 
 
@@ -217,13 +246,30 @@ def test_readme_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
         ws.send_text("hi")
         message = ws.receive_json()
         assert message["text"] == "hi"
-        response = client.post("/announce", params={"text": "hello all"})
+        text = {"text": "hello all"}
+        assert client.post("/announce", params=text).status_code == 403
+        response = client.post("/announce", params=text, headers=ADMIN)
         assert response.json() == {"delivered": 1}
         assert ws.receive_json() == {"announcement": "hello all"}
+        # The router's REST endpoints: refused without the token, served with it.
+        assert client.get("/rooms").status_code == 403
+        assert client.get("/rooms", headers=ADMIN).json() == {
+            "rooms": [{"room": "lobby", "connections": 1}]
+        }
+
+
+def test_index_app_protects_rest(tmp_path: Path, loaded: list[str]) -> None:
+    app = load(only_app("index.md"), tmp_path).app
+    with TestClient(app) as client:
+        assert client.get("/rooms").status_code == 403
+        assert client.get("/rooms", headers=ADMIN).json() == {"rooms": []}
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json()["type"] == "welcome"
 
 
 def test_gobstopper_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
-    app = load(only_app("gobstopper.md"), tmp_path).app
+    module = load(only_app("gobstopper.md"), tmp_path)
+    app, manager = module.app, module.websocket_manager
     with TestClient(app) as client:
         with (
             client.websocket_connect("/ws/rooms/42") as a,
@@ -235,7 +281,34 @@ def test_gobstopper_app_round_trip(tmp_path: Path, loaded: list[str]) -> None:
             assert json.loads(b.receive_text()) == {"type": "message", "message": "hello"}
             other.send_text('{"message": "elsewhere"}')
             assert json.loads(other.receive_text())["message"] == "elsewhere"
-        assert client.get("/stats").json()["connections"] == 0
+        assert len(manager.connections) == 0  # every connection left the manager
+        # The sample leaves the REST endpoints unprotected: they refuse (the page says so).
+        assert client.get("/stats").status_code == 403
+
+
+def test_security_rest_sample_refuses_anonymous_calls(tmp_path: Path, loaded: list[str]) -> None:
+    """The Security page's protected REST endpoints, and its note on include_router."""
+    apps = [b for b in APPS if b.path.name == "security.md" and "rest_dependencies" in b.code]
+    assert len(apps) == 1
+    module = load(apps[0], tmp_path)
+    operator = {"Authorization": "Bearer change-me"}
+    with TestClient(module.app) as client:
+        assert client.get("/rooms").status_code == 403
+        assert client.get("/rooms", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert client.get("/rooms", headers=operator).json() == {"rooms": []}
+        response = client.post("/broadcast", json={"message": "hi"}, headers=operator)
+        assert response.json() == {"status": "broadcasted", "connections": 0}
+        # rest_dependencies leave the ready endpoint open.
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json()["type"] == "welcome"
+
+    # Dependencies given to include_router are not seen by the check: still 403.
+    app = FastAPI()
+    app.include_router(
+        fastapi_rooms.create_rooms_router(), dependencies=[Depends(module.require_operator)]
+    )
+    with TestClient(app) as client:
+        assert client.get("/rooms", headers=operator).status_code == 403
 
 
 def test_reference_names_every_public_name() -> None:
@@ -243,6 +316,18 @@ def test_reference_names_every_public_name() -> None:
     names = [*fastapi_rooms.__all__, "RSGIApp"]  # RSGIApp lives in fastapi_rooms.rsgi
     missing = [name for name in names if f"`{name}" not in reference]
     assert not missing, f"docs/reference.md does not mention {missing}"
+
+
+def test_reference_documents_close_codes_and_router_keywords() -> None:
+    reference = (DOCS / "reference.md").read_text(encoding="utf-8")
+    expected = [f"`{code.name}` | {code.value}" for code in fastapi_rooms.CloseCode]
+    expected += [
+        f"{keyword}:"
+        for keyword in ("rest_dependencies", "insecure_rest", "close_unmatched", "startup_timeout")
+    ]
+    expected += ["manager.connect(", "`RateLimiter(rate, burst=20)`", "## Layout"]
+    missing = [text for text in expected if text not in reference]
+    assert not missing, f"docs/reference.md does not document {missing}"
 
 
 def test_mkdocs_nav_lists_every_page() -> None:

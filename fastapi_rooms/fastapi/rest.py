@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, params
+from fastapi import APIRouter, Depends, HTTPException, params
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, JsonValue
 
@@ -20,7 +20,6 @@ from .dependencies import get_manager
 
 __all__ = ["add_rest_endpoints"]
 
-_ENDPOINTS: set[Any] = set()
 Manager = Annotated[RoomManager, Depends(get_manager)]
 
 _UNPROTECTED = (
@@ -31,12 +30,9 @@ _UNPROTECTED = (
 )
 
 
-def _require_protection(request: Request) -> None:
-    """Refuse unless the matched route carries a dependency besides this one."""
-    route = request.scope.get("route")
-    deps = getattr(route, "dependencies", ())
-    if not any(d.dependency is not _require_protection for d in deps):
-        raise HTTPException(status_code=403, detail=_UNPROTECTED)
+def _refuse_unprotected() -> None:
+    """Stands in for the authentication the app did not give these endpoints."""
+    raise HTTPException(status_code=403, detail=_UNPROTECTED)
 
 
 # Models --------------------------------------------------------------------------------
@@ -122,7 +118,8 @@ def add_rest_endpoints(
     They refuse every call (403) unless a dependency protects them (``dependencies`` or the
     router's own), or ``insecure`` (development).
     """
-    deps = [*dependencies] if insecure else [*dependencies, Depends(_require_protection)]
+    protected = insecure or bool(dependencies) or bool(router.dependencies)
+    deps = [*dependencies] if protected else [Depends(_refuse_unprotected)]
     tags: list[Any] = list(router.tags) or ["rooms"]
 
     @contextmanager
@@ -222,12 +219,11 @@ def add_rest_endpoints(
         """Connection, room, delivery and backend counters."""
         return manager.stats()
 
-    _ENDPOINTS.update(
-        {broadcast, broadcast_room, send_to_connection, list_rooms, get_room, send_to_user, stats}
-    )
+    ours = {broadcast, broadcast_room, send_to_connection, send_to_user}
+    ours |= {list_rooms, get_room, stats}
     return [
         f"{method} {route.path}"
         for route in router.routes
-        if isinstance(route, APIRoute) and route.endpoint in _ENDPOINTS
+        if isinstance(route, APIRoute) and route.endpoint in ours
         for method in sorted(route.methods or ())
     ]

@@ -16,9 +16,10 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi import WebSocket as FastAPIWebSocket
 from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
 from starlette.routing import Mount
 from starlette.websockets import WebSocketDisconnect
 
@@ -227,3 +228,25 @@ late_rsgi_app = RSGIApp(late_app)
 default_app = FastAPI()
 default_app.include_router(create_rooms_router(close_unmatched=False))
 default_rsgi_app = RSGIApp(default_app)
+
+# Router dependencies on WebSocket routes ----------------------------------------------------
+
+
+def require_key(connection: HTTPConnection) -> None:
+    """Written against HTTPConnection: FastAPI runs it for HTTP and WebSocket routes alike."""
+    if connection.headers.get("x-key") != "k":
+        raise HTTPException(401, "x-key required")
+
+
+_guarded = create_rooms_router(dependencies=[Depends(require_key)])
+
+
+@_guarded.websocket("/guarded")
+async def guarded(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("let in")
+
+
+guarded_app = FastAPI()
+guarded_app.include_router(_guarded)
+guarded_rsgi_app = RSGIApp(guarded_app)

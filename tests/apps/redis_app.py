@@ -6,10 +6,11 @@ Environment: ``REDIS_URL``, ``ROOMS_PREFIX`` (unique per test run), ``NODE_ID``.
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from fastapi_rooms import RoomManager, create_rooms_router
+from fastapi_rooms import RoomManager, WebSocket, create_rooms_router, get_manager
 from fastapi_rooms.rsgi import RSGIApp
 
 manager = RoomManager(
@@ -17,6 +18,21 @@ manager = RoomManager(
     prefix=os.environ["ROOMS_PREFIX"],
     node_id=os.environ.get("NODE_ID") or None,
 )
+rooms = create_rooms_router(manager, insecure_rest=True)  # test app: REST open
+
+
+@rooms.websocket("/joiner/{room}")
+async def joiner(
+    websocket: WebSocket, room: str, manager: Annotated[RoomManager, Depends(get_manager)]
+) -> None:
+    """Says "joined" once messages from every node reach it: no sync() in app code."""
+    async with manager.connect(websocket) as conn:
+        await conn.join(room)
+        await websocket.send_text("joined")
+        async for _ in websocket:
+            pass
+
+
 app = FastAPI()
-app.include_router(create_rooms_router(manager, insecure_rest=True))  # test app: REST open
+app.include_router(rooms)
 rsgi_app = RSGIApp(app)

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 
 from fastapi_rooms import RoomManager, WebSocket, create_rooms_router
-from fastapi_rooms.rsgi import RSGIApp
 from fastapi_rooms.policy import Limits, get_token
+from fastapi_rooms.rsgi import RSGIApp
 
 USERS = {
     "alice-token": {"id": "alice", "name": "Alice"},
