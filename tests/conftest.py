@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -113,40 +114,96 @@ def start_server(
     return server
 
 
-@pytest.fixture(scope="session", params=SERVERS)
-def server_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="session")
-def guide_server(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """examples/gobstopper_guide.py served by each server kind, shared by the guide tests."""
-    tmp = tmp_path_factory.mktemp("guide")
-    app = "gobstopper_guide:app" if server_kind == "uvicorn" else "gobstopper_guide:rsgi_app"
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "examples"), str(APPS), str(ROOT)]),
-        "GUIDE_ADMIN_TOKEN": "guide-admin",  # the router's REST endpoints need it
-    }
-    server = start_server(server_kind, app, tmp, env)
+@contextmanager
+def running(
+    kind: str, app: str, tmp_path: Path, env: dict[str, str] | None = None, *extra: str
+) -> Iterator[Server]:
+    """A server for the ``with`` block, stopped by PID however the block ends."""
+    server = start_server(kind, app, tmp_path, env, *extra)
     try:
         yield server
     finally:
         server.stop()
 
 
+#: A node to start: (server kind, ``module:attr``, environment).
+Node = tuple[str, str, dict[str, str] | None]
+
+
+@contextmanager
+def running_nodes(tmp_path: Path, nodes: Mapping[str, Node]) -> Iterator[dict[str, Server]]:
+    """Servers by name for the ``with`` block; those started are stopped if one fails to."""
+    with ExitStack() as stack:
+        yield {
+            name: stack.enter_context(running(kind, app, tmp_path, env))
+            for name, (kind, app, env) in nodes.items()
+        }
+
+
+def app_for(module: str, kind: str) -> str:
+    """The test apps' convention: ``module:rsgi_app`` under Granian RSGI, else ``module:app``."""
+    return f"{module}:rsgi_app" if kind == "granian-rsgi" else f"{module}:app"
+
+
+def server_fixture(
+    module: str, name: str, env: dict[str, str] | None = None, kinds: list[str] | None = None
+) -> Callable[..., Iterator[Server]]:
+    """A module-scoped fixture serving ``module``'s app on each ``server_kind`` (or on each
+    of ``kinds``): ``core = server_fixture("core_app", "core")`` in a test module."""
+    if kinds is None:
+
+        @pytest.fixture(scope="module")
+        def per_server_kind(
+            server_kind: str, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Server]:
+            tmp = tmp_path_factory.mktemp(name)
+            with running(server_kind, app_for(module, server_kind), tmp, env) as server:
+                yield server
+
+        return per_server_kind
+
+    @pytest.fixture(scope="module", params=kinds)
+    def per_kind(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Server]:
+        kind = str(request.param)
+        with running(kind, app_for(module, kind), tmp_path_factory.mktemp(name), env) as server:
+            yield server
+
+    return per_kind
+
+
+@pytest.fixture(scope="session", params=SERVERS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+GUIDE_ADMIN = "guide-admin"  # the guide's X-Admin-Token for the router's REST endpoints
+
+
+def guide_env(**extra: str) -> dict[str, str]:
+    """The guide's environment (examples/ on PYTHONPATH, its admin token) plus ``extra``."""
+    path = os.pathsep.join([str(ROOT / "examples"), str(APPS), str(ROOT)])
+    return {"PYTHONPATH": path, "GUIDE_ADMIN_TOKEN": GUIDE_ADMIN, **extra}
+
+
+@pytest.fixture(scope="session")
+def guide_server(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """examples/gobstopper_guide.py served by each server kind, shared by the guide tests."""
+    tmp = tmp_path_factory.mktemp("guide")
+    with running(server_kind, app_for("gobstopper_guide", server_kind), tmp, guide_env()) as server:
+        yield server
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[object]:
     """Start servers inside a test: ``serve(kind, "module:app", env={...})``; all stopped after."""
-    servers: list[Server] = []
+    with ExitStack() as stack:
 
-    def _serve(kind: str, app: str, env: dict[str, str] | None = None, *extra: str) -> Server:
-        server = start_server(kind, app, tmp_path, env, *extra)
-        servers.append(server)
-        return server
+        def _serve(kind: str, app: str, env: dict[str, str] | None = None, *extra: str) -> Server:
+            return stack.enter_context(running(kind, app, tmp_path, env, *extra))
 
-    yield _serve
-    for server in servers:
-        server.stop()
+        yield _serve
 
 
 def sent_code(kind: str, code: int) -> int:

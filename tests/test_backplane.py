@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from fastapi_rooms import RoomManager, WebSocket
-from fastapi_rooms.backplane.envelope import Envelope, decode, encode
 from fastapi_rooms.backends import MemoryBackend, MemoryBroker, backend_from_url
 from fastapi_rooms.backends.redis import RedisBackend, redact
+from fastapi_rooms.backplane.envelope import Envelope, decode, encode
 
 from .conftest import RedisServer
 

@@ -13,35 +13,21 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close
+from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import Server, sent_code, start_server
+from tests.conftest import SERVERS, Server, app_for, sent_code, server_fixture
+from tests.helpers import WAIT, drain, http, open_ws, recv, until
 
 pytestmark = pytest.mark.anyio
 
-TIMEOUT = 10.0  # seconds to wait on any single event; generous so a loaded machine passes
+APP = {kind: app_for("core_app", kind) for kind in SERVERS}
 
-
-def app_target(kind: str) -> str:
-    return "core_app:rsgi_app" if kind == "granian-rsgi" else "core_app:app"
-
-
-@pytest.fixture(scope="module")
-def bserver(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the tests that need no special configuration and raise nothing."""
-    tmp = tmp_path_factory.mktemp("broadcast")
-    server = start_server(server_kind, app_target(server_kind), tmp)
-    try:
-        yield server
-    finally:
-        server.stop()
+#: One server for the tests that need no special configuration and raise nothing.
+bserver = server_fixture("core_app", "broadcast")
 
 
 # Helpers ----------------------------------------------------------------------------------------
@@ -57,20 +43,14 @@ def numbered(seq: int, size: int) -> str:
     return head + "x" * max(0, size - len(head))
 
 
-async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> str | bytes:
-    return await asyncio.wait_for(ws.recv(), timeout)
-
-
 async def member(
     server: Server, cid: str, rooms: list[str], *, cleanup: bool = True, **kwargs: Any
 ) -> ClientConnection:
     """Connect as ``cid``, registered and in ``rooms`` once this returns."""
-    url = f"{server.ws}/ws/member?id={cid}&rooms={','.join(rooms)}"
+    path = f"/ws/member?id={cid}&rooms={','.join(rooms)}"
     if not cleanup:
-        url += "&cleanup=0"
-    kwargs.setdefault("open_timeout", TIMEOUT)
-    kwargs.setdefault("close_timeout", TIMEOUT)
-    ws = await connect(url, **kwargs)
+        path += "&cleanup=0"
+    ws = await open_ws(server, path, **kwargs)
     assert await recv(ws) == f"ready:{cid}"
     return ws
 
@@ -88,32 +68,8 @@ async def command(ws: ClientConnection, seq: int, op: str, **fields: Any) -> lis
     raise AssertionError(f"no ack for {seq}")
 
 
-async def drain(
-    ws: ClientConnection, limit: int, timeout: float = TIMEOUT
-) -> tuple[list[str | bytes], Close | None]:
-    """Messages until the connection closes, and the close frame the client received."""
-    messages: list[str | bytes] = []
-    for _ in range(limit + 1):
-        try:
-            messages.append(await asyncio.wait_for(ws.recv(), timeout))
-        except ConnectionClosed as exc:
-            return messages, exc.rcvd
-    raise AssertionError(f"no close after {limit} messages")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it is true (the server offers no push signal for these states)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
-async def room_ids(http: httpx.AsyncClient, room: str) -> list[str]:
-    response = await http.get(f"/rooms/{room}")
+async def room_ids(api: httpx.AsyncClient, room: str) -> list[str]:
+    response = await api.get(f"/rooms/{room}")
     if response.status_code == 404:
         return []
     assert response.status_code == 200, response.text
@@ -145,12 +101,12 @@ async def test_members_dropping_mid_broadcast(bserver: Server) -> None:
         for seq in range(drop_after):
             assert await recv(ws) == numbered(seq, 64)
         ws.transport.abort()  # gone without a close frame, mid-burst
-        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+        await asyncio.wait_for(ws.wait_closed(), WAIT)
 
-    async with httpx.AsyncClient(base_url=bserver.http, timeout=60) as http:
+    async with http(bserver, timeout=60) as api:
         # About 1 ms between messages: the burst lasts around a second, the drops land inside it.
         burst = asyncio.create_task(
-            http.post(f"/test/burst/{room}", params={"count": total, "size": 64, "pause": 0.001})
+            api.post(f"/test/burst/{room}", params={"count": total, "size": 64, "pause": 0.001})
         )
         received, *_ = await asyncio.gather(
             asyncio.gather(*(keeper(conns[cid]) for cid in keep)),
@@ -164,9 +120,9 @@ async def test_members_dropping_mid_broadcast(bserver: Server) -> None:
         assert delivered[-1] == 3, f"dropped members still received: {delivered[-10:]}"
         for messages in received:
             assert messages == [numbered(seq, 64) for seq in range(total)]
-        assert await room_ids(http, room) == sorted(keep)
+        assert await room_ids(api, room) == sorted(keep)
         # The survivors still work.
-        ack = await http.post(f"/rooms/{room}/broadcast", json={"message": "after"})
+        ack = await api.post(f"/rooms/{room}/broadcast", json={"message": "after"})
         assert ack.json() == {"status": "sent", "room_connections": 3}
         for cid in keep:
             assert await recv(conns[cid]) == "after"
@@ -179,18 +135,18 @@ async def test_exclude_skips_the_given_ids(bserver: Server) -> None:
     room = new_id("room")
     a, b, c = new_id("a"), new_id("b"), new_id("c")
     wa, wb, wc = [await member(bserver, cid, [room]) for cid in (a, b, c)]
-    async with httpx.AsyncClient(base_url=bserver.http, timeout=TIMEOUT) as http:
-        response = await http.post(
+    async with http(bserver) as api:
+        response = await api.post(
             f"/rooms/{room}/broadcast", json={"message": "not for a", "exclude": [a]}
         )
         assert response.json() == {"status": "sent", "room_connections": 2}
-        response = await http.post(
+        response = await api.post(
             f"/rooms/{room}/broadcast", json={"message": "not for a or c", "exclude": [a, c]}
         )
         assert response.json() == {"status": "sent", "room_connections": 1}
         # From a handler: the sender excludes itself.
         assert await command(wa, 1, "say", room=room, text="from a", exclude_self=True) == []
-        response = await http.post(f"/rooms/{room}/broadcast", json={"message": "for all"})
+        response = await api.post(f"/rooms/{room}/broadcast", json={"message": "for all"})
         assert response.json() == {"status": "sent", "room_connections": 3}
     assert await recv(wa) == "for all"  # the first thing a receives: nothing was meant for it
     assert [await recv(wb) for _ in range(4)] == [
@@ -207,7 +163,7 @@ async def test_exclude_skips_the_given_ids(bserver: Server) -> None:
 async def test_message_encoding(bserver: Server) -> None:
     room = new_id("room")
     ws = await member(bserver, new_id(), [room])
-    async with httpx.AsyncClient(base_url=bserver.http, timeout=TIMEOUT) as http:
+    async with http(bserver) as api:
         for message, expected in [
             (
                 {"b": 1, "a": [1, 2.5, None, True], "t": "é ✓"},
@@ -218,13 +174,13 @@ async def test_message_encoding(bserver: Server) -> None:
             ("plain text, not JSON-quoted", "plain text, not JSON-quoted"),
             ('{"already": "json"}', '{"already": "json"}'),
         ]:
-            response = await http.post(f"/rooms/{room}/broadcast", json={"message": message})
+            response = await api.post(f"/rooms/{room}/broadcast", json={"message": message})
             assert response.status_code == 200, response.text
             received = await recv(ws)
             assert isinstance(received, str), f"{message!r} arrived as binary"
             assert received == expected
         for raw in (b"\x00\x01\xfe\xff", b"valid utf-8 is still binary", b""):
-            response = await http.post(f"/test/bytes/{room}", json={"hex": raw.hex()})
+            response = await api.post(f"/test/bytes/{room}", json={"hex": raw.hex()})
             assert response.json() == {"delivered": 1}
             received = await recv(ws)
             assert isinstance(received, bytes), f"{raw!r} arrived as text"
@@ -239,7 +195,7 @@ async def test_slow_consumer_is_closed_and_never_stalls_the_room(
     server_kind: str, serve: Any
 ) -> None:
     max_buffer, total, size, window = 64, 2000, 16 * 1024, 50
-    server: Server = serve(server_kind, app_target(server_kind), {"CORE_MAX_BUFFER": "64"})
+    server: Server = serve(server_kind, APP[server_kind], {"CORE_MAX_BUFFER": "64"})
     room = "slow"
     healthy_ids = [new_id("healthy") for _ in range(3)]
     stalled_id = new_id("stalled")
@@ -268,13 +224,13 @@ async def test_slow_consumer_is_closed_and_never_stalls_the_room(
 
     readers = [asyncio.create_task(read(i)) for i in range(len(healthy))]
     longest = 0.0
-    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http:
+    async with http(server) as api:
         # Produce at a rate the healthy members keep up with (a window ahead of them at most,
         # fewer frames than their buffer holds); the stalled member falls behind without bound.
         assert window < max_buffer
         for start in range(0, total, window):
             began = time.monotonic()
-            response = await http.post(
+            response = await api.post(
                 f"/test/burst/{room}", params={"count": window, "size": size, "start": start}
             )
             longest = max(longest, time.monotonic() - began)
@@ -288,12 +244,12 @@ async def test_slow_consumer_is_closed_and_never_stalls_the_room(
             assert messages == [f"{seq:08d}|" for seq in range(total)]
         assert longest < 5, f"a burst of {window} broadcasts took {longest:.1f}s"
 
-        stats = (await http.get("/stats")).json()
+        stats = (await api.get("/stats")).json()
         assert stats["slow_consumer_closes"] >= 1, stats
-        assert await room_ids(http, room) == sorted(healthy_ids)
+        assert await room_ids(api, room) == sorted(healthy_ids)
 
     # Reading at last, the stalled member finds a gapless prefix, then the 1013 close.
-    messages, rcvd = await drain(stalled, total, timeout=TIMEOUT)
+    messages, rcvd = await drain(stalled, total, timeout=WAIT)
     assert 0 < len(messages) < total
     for seq, message in enumerate(messages):
         assert isinstance(message, str)
@@ -311,7 +267,7 @@ async def test_slow_consumer_is_closed_and_never_stalls_the_room(
 async def test_concurrent_members_and_rest_broadcasts_leave_nothing_behind(
     server_kind: str, serve: Any
 ) -> None:
-    server: Server = serve(server_kind, app_target(server_kind))
+    server: Server = serve(server_kind, APP[server_kind])
     rooms = [f"stress-{i}" for i in range(6)]
     n_clients, n_ops, n_rest = 50, 20, 150
 
@@ -328,27 +284,27 @@ async def test_concurrent_members_and_rest_broadcasts_leave_nothing_behind(
             await command(ws, seq, op, **fields)
             if aborts and seq == n_ops // 2:
                 ws.transport.abort()
-                await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+                await asyncio.wait_for(ws.wait_closed(), WAIT)
                 return "aborted"
         await ws.close()
         return "closed"
 
-    async def run_rest(http: httpx.AsyncClient, i: int) -> int:
+    async def run_rest(api: httpx.AsyncClient, i: int) -> int:
         rng = random.Random(-i)
         if i % 10 == 0:
-            response = await http.post("/broadcast", json={"message": {"rest": i}})
+            response = await api.post("/broadcast", json={"message": {"rest": i}})
         else:
-            response = await http.post(
+            response = await api.post(
                 f"/rooms/{rng.choice(rooms)}/broadcast", json={"message": f"rest {i}"}
             )
         return response.status_code
 
     limits = httpx.Limits(max_connections=10)
-    async with httpx.AsyncClient(base_url=server.http, timeout=30, limits=limits) as http:
+    async with http(server, timeout=30, limits=limits) as api:
         outcomes, statuses = await asyncio.wait_for(
             asyncio.gather(
                 asyncio.gather(*(run_client(i) for i in range(n_clients))),
-                asyncio.gather(*(run_rest(http, i) for i in range(n_rest))),
+                asyncio.gather(*(run_rest(api, i) for i in range(n_rest))),
             ),
             120,
         )
@@ -358,7 +314,7 @@ async def test_concurrent_members_and_rest_broadcasts_leave_nothing_behind(
         last: dict[str, Any] = {}
 
         async def idle() -> bool:
-            last.update((await http.get("/stats")).json())
+            last.update((await api.get("/stats")).json())
             return (
                 last["connections"] == 0
                 and last["rooms"] == 0
@@ -367,7 +323,7 @@ async def test_concurrent_members_and_rest_broadcasts_leave_nothing_behind(
             )
 
         try:
-            await eventually(idle, what="no connections, rooms or handlers")
+            await until(idle, timeout=15.0, what="no connections, rooms or handlers")
         except AssertionError:
             raise AssertionError(f"server not idle: {last}") from None
     assert_clean_log(server)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+from tests.helpers import http, next_event, open_ws
+
 APP = "examples.chat.app:app"
 
 pytestmark = pytest.mark.anyio
@@ -27,20 +25,8 @@ def chat(serve: Callable[..., Any]) -> Any:
 ADMIN = "test-admin-token"
 
 
-async def next_event(ws: ClientConnection, type_: str) -> dict[str, Any]:
-    """The next JSON event of ``type_``, skipping others; fails after 5 s."""
-
-    async def wait() -> dict[str, Any]:
-        while True:
-            event = json.loads(await ws.recv())
-            if event["type"] == type_:
-                return dict(event)
-
-    return await asyncio.wait_for(wait(), 5)
-
-
 async def test_index_serves_the_page_and_its_script(chat: Any) -> None:
-    async with httpx.AsyncClient(base_url=chat.http, timeout=5) as client:
+    async with http(chat) as client:
         page = await client.get("/")
         script = await client.get("/static/app.js")
         style = await client.get("/static/style.css")
@@ -58,8 +44,7 @@ async def test_index_serves_the_page_and_its_script(chat: Any) -> None:
 
 
 async def test_two_clients_chat_in_a_room_and_receive_an_announcement(chat: Any) -> None:
-    url = f"{chat.ws}/api/ws"
-    async with connect(url) as alice, connect(url) as bob:
+    async with open_ws(chat, "/api/ws") as alice, open_ws(chat, "/api/ws") as bob:
         alice_id = (await next_event(alice, "welcome"))["connection_id"]
         bob_id = (await next_event(bob, "welcome"))["connection_id"]
         assert alice_id != bob_id
@@ -68,7 +53,7 @@ async def test_two_clients_chat_in_a_room_and_receive_an_announcement(chat: Any)
             await ws.send(json.dumps({"type": "join", "room": "lobby"}))
             assert await next_event(ws, "joined") == {"type": "joined", "room": "lobby"}
 
-        async with httpx.AsyncClient(base_url=chat.http, timeout=5) as client:
+        async with http(chat) as client:
             refused = await client.get("/api/rooms/lobby")  # REST: operators only
             assert refused.status_code == 401
             room = (await client.get("/api/rooms/lobby", headers={"X-Admin-Token": ADMIN})).json()
@@ -91,7 +76,7 @@ async def test_two_clients_chat_in_a_room_and_receive_an_announcement(chat: Any)
                 assert announcement == {"type": "announcement", "text": "server restarts at noon"}
 
             # An announcement reaches clients that joined no room as well.
-            async with connect(url) as carol:
+            async with open_ws(chat, "/api/ws") as carol:
                 await next_event(carol, "welcome")
                 response = await client.post("/api/announce", json={"text": "hi all"})
                 assert response.json() == {"delivered": 3}

@@ -20,24 +20,18 @@ from websockets.sync.client import ClientConnection, connect
 
 from fastapi_rooms.fastapi.ready import _client_message
 
-from .conftest import Server, sent_code, start_server
+from .conftest import Server, sent_code, server_fixture
 
 LIMIT = 4096  # MAX_WS_MESSAGE_BYTES of the fuzzed server
 WAIT = 10.0
-APP = {"uvicorn": "secure_app:app", "granian-rsgi": "secure_app:rsgi_app"}
 EVENTS = {"welcome", "joined", "left", "message", "pong", "error"}
 ERRORS = {"invalid_message", "not_in_room", "too_many_rooms", "room_full", "message_too_big"}
 
 
-@pytest.fixture(scope="module")
-def fuzzed(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"AUTH": "0", "PRESENCE_EVENTS": "0", "MAX_WS_MESSAGE_BYTES": str(LIMIT),
-           "REDIS_URL": "", "MAX_ROOM_MEMBERS": "1000"}  # fmt: skip
-    server = start_server(server_kind, APP[server_kind], tmp_path_factory.mktemp("fuzz"), env)
-    try:
-        yield server
-    finally:
-        server.stop()
+FUZZ_ENV = {"AUTH": "0", "PRESENCE_EVENTS": "0", "MAX_WS_MESSAGE_BYTES": str(LIMIT),
+            "REDIS_URL": "", "MAX_ROOM_MEMBERS": "1000"}  # fmt: skip
+
+fuzzed = server_fixture("secure_app", "fuzz", FUZZ_ENV)
 
 
 @pytest.fixture(scope="module")

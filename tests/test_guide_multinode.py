@@ -7,18 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Server, start_server
-from tests.test_guide import (
-    guide_app,
-    guide_env,
+from tests.conftest import Server, app_for, guide_env, running_nodes
+from tests.helpers import (
+    ADMIN,
     http,
+    join_chat,
     open_ws,
     recv_event,
     recv_json,
     send_json,
     unique,
+    wait_stats,
 )
-from tests.test_multinode import wait_stats
 
 pytestmark = pytest.mark.anyio
 
@@ -28,19 +28,11 @@ def nodes(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Server]]:
     prefix = f"frtest-guide-{unique('p')}"
-    tmp = tmp_path_factory.mktemp("guide-nodes")
     env = guide_env(ROOMS_BACKEND=redis_url, ROOMS_PREFIX=prefix)
-    first = start_server("uvicorn", guide_app("uvicorn"), tmp, env)
-    try:
-        second = start_server("granian-rsgi", guide_app("granian-rsgi"), tmp, env)
-    except BaseException:
-        first.stop()
-        raise
-    try:
-        yield first, second
-    finally:
-        first.stop()
-        second.stop()
+    kinds = ("uvicorn", "granian-rsgi")
+    specs = {kind: (kind, app_for("gobstopper_guide", kind), env) for kind in kinds}
+    with running_nodes(tmp_path_factory.mktemp("guide-nodes"), specs) as servers:
+        yield servers["uvicorn"], servers["granian-rsgi"]
 
 
 async def in_sync(*servers: Server) -> None:
@@ -59,8 +51,7 @@ async def test_chat_rooms_across_processes(nodes: tuple[Server, Server]) -> None
         open_ws(two, "/ws/chat") as carol,
     ):
         for ws, name in ((alice, room), (bob, room), (carol, other)):
-            await send_json(ws, {"type": "join_room", "room": name})
-            assert await recv_json(ws) == {"type": "joined", "room": name}
+            await join_chat(ws, name)
         await in_sync(one, two)
         await send_json(bob, {"type": "chat_message", "room": room, "user": "bob", "message": "hi"})
         for ws in (alice, bob):
@@ -100,13 +91,12 @@ async def test_rest_notifications_from_either_process(nodes: tuple[Server, Serve
     one, two = nodes
     room = unique("room")
     async with (
-        http(two) as client,
+        http(two, headers=ADMIN) as client,
         open_ws(one, "/ws/chat") as a,
         open_ws(two, "/ws/chat") as b,
     ):
         for ws in (a, b):
-            await send_json(ws, {"type": "join_room", "room": room})
-            assert (await recv_json(ws))["type"] == "joined"
+            await join_chat(ws, room)
         await in_sync(one, two)
         r = await client.post("/api/notify-room", json={"room_id": room, "message": "m"})
         assert r.json() == {"status": "sent", "room_connections": 1}  # counts are per process

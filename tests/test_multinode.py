@@ -12,38 +12,41 @@ import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
-from .conftest import RedisServer, Server, redis_server_binary, start_server
+from .conftest import Node, RedisServer, Server, app_for, redis_server_binary, running_nodes
+from .helpers import (
+    ADMIN,
+    WAIT,
+    http,
+    next_event,
+    open_ws,
+    recv,
+    recv_json,
+    stats,
+    until,
+    wait_stats,
+)
 
 pytestmark = pytest.mark.anyio
 
-WAIT = 10.0
 NODES = {"a": "uvicorn", "b": "uvicorn", "c": "granian-rsgi"}
 
 
-def _start_nodes(
-    url: str, prefix: str, tmp: Path, nodes: dict[str, str] = NODES
-) -> dict[str, Server]:
-    servers: dict[str, Server] = {}
-    try:
-        for name, kind in nodes.items():
-            app = "redis_app:app" if kind == "uvicorn" else "redis_app:rsgi_app"
-            env = {"REDIS_URL": url, "ROOMS_PREFIX": prefix, "NODE_ID": f"node-{name}"}
-            servers[name] = start_server(kind, app, tmp, env)
-    except BaseException:
-        for server in servers.values():
-            server.stop()
-        raise
-    return servers
+def redis_nodes(url: str, prefix: str, nodes: dict[str, str] = NODES) -> dict[str, Node]:
+    """redis_app nodes by name, each of the given server kind, sharing rooms through ``url``."""
+    return {
+        name: (kind, app_for("redis_app", kind),
+               {"REDIS_URL": url, "ROOMS_PREFIX": prefix, "NODE_ID": f"node-{name}"})
+        for name, kind in nodes.items()
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +59,9 @@ def cluster(
     redis_url: str, cluster_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Server]]:
     """Nodes a, b (uvicorn) and c (granian-rsgi) sharing rooms through the machine's Redis."""
-    servers = _start_nodes(redis_url, cluster_prefix, tmp_path_factory.mktemp("cluster"))
-    try:
+    tmp = tmp_path_factory.mktemp("cluster")
+    with running_nodes(tmp, redis_nodes(redis_url, cluster_prefix)) as servers:
         yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
 
 
 @dataclass
@@ -72,11 +72,7 @@ class Client:
 
     async def event(self, type_: str = "message", timeout: float = WAIT) -> dict[str, Any]:
         """The next JSON event of ``type_``; other types are skipped."""
-        async with asyncio.timeout(timeout):
-            while True:
-                event = json.loads(await self.ws.recv())
-                if event["type"] == type_:
-                    return dict(event)
+        return await next_event(self.ws, type_, timeout)
 
     async def send(self, **request: Any) -> None:
         await self.ws.send(json.dumps(request))
@@ -96,51 +92,14 @@ async def clients() -> AsyncIterator[Connect]:
     async with AsyncExitStack() as stack:
 
         async def open_client(server: Server, *rooms: str) -> Client:
-            ws = await stack.enter_async_context(connect(f"{server.ws}/ws", open_timeout=WAIT))
-            welcome = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+            ws = await stack.enter_async_context(open_ws(server, "/ws"))
+            welcome = await recv_json(ws)
             client = Client(ws, welcome["connection_id"], welcome["node"])
             for room in rooms:
                 await client.join(room)
             return client
 
         yield open_client
-
-
-ADMIN = {"Authorization": "Bearer admin-token", "X-Admin-Token": "guide-admin"}  # REST of secure_app, the guide
-
-
-@asynccontextmanager
-async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.http, timeout=WAIT, headers=ADMIN) as client:
-        yield client
-
-
-async def stats(server: Server) -> dict[str, Any]:
-    async with http(server) as client:
-        response = await client.get("/stats")
-    response.raise_for_status()
-    return dict(response.json()["backend"])
-
-
-async def until(probe: Callable[[], Awaitable[Any]], timeout: float = 2 * WAIT) -> Any:
-    """Probe state in another process (no event reaches us from there) until it is truthy."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await probe()
-            if result:
-                return result
-            await asyncio.sleep(0.05)
-
-
-async def wait_stats(server: Server, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """The node's backend stats once ``check`` holds."""
-
-    async def probe() -> dict[str, Any] | None:
-        backend = await stats(server)
-        return backend if check(backend) else None
-
-    result: dict[str, Any] = await until(probe)
-    return result
 
 
 # Delivery across nodes ---------------------------------------------------------------------
@@ -176,26 +135,26 @@ async def test_rest_broadcasts_from_any_node_reach_every_node(
 ) -> None:
     a, b, c = [await clients(cluster[n], "news") for n in "abc"]
     outsider = await clients(cluster["b"])  # in no room
-    async with http(cluster["c"]) as rest:
+    async with http(cluster["c"], headers=ADMIN) as rest:
         response = await rest.post("/rooms/news/broadcast", json={"message": {"n": 1}})
         assert response.status_code == 200
         assert response.json() == {"status": "sent", "room_connections": 1}  # local count
         response = await rest.post("/broadcast", json={"message": "to everyone"})
         assert response.json()["connections"] >= 1  # c's own clients only
     for member in (a, b, c):
-        assert json.loads(await asyncio.wait_for(member.ws.recv(), WAIT)) == {"n": 1}
-        assert await asyncio.wait_for(member.ws.recv(), WAIT) == "to everyone"
-    assert await asyncio.wait_for(outsider.ws.recv(), WAIT) == "to everyone"
+        assert await recv_json(member.ws) == {"n": 1}
+        assert await recv(member.ws) == "to everyone"
+    assert await recv(outsider.ws) == "to everyone"
 
 
 async def test_send_to_a_connection_on_another_node(
     cluster: dict[str, Server], clients: Connect
 ) -> None:
     target = await clients(cluster["c"])
-    async with http(cluster["a"]) as rest:
+    async with http(cluster["a"], headers=ADMIN) as rest:
         response = await rest.post(f"/connections/{target.id}/send", json={"message": "psst"})
         assert response.status_code == 200, response.text
-        assert await asyncio.wait_for(target.ws.recv(), WAIT) == "psst"
+        assert await recv(target.ws) == "psst"
         missing = await rest.post("/connections/nobody/send", json={"message": "x"})
         assert missing.status_code == 404
         await target.ws.close()
@@ -211,7 +170,7 @@ async def test_exclude_works_across_nodes(cluster: dict[str, Server], clients: C
     a1, a2 = await clients(cluster["a"], "ex"), await clients(cluster["a"], "ex")
     b1, c1 = await clients(cluster["b"], "ex"), await clients(cluster["c"], "ex")
     await a1.send(type="publish", room="ex", data="hi", exclude_self=True)
-    async with http(cluster["b"]) as rest:
+    async with http(cluster["b"], headers=ADMIN) as rest:
         response = await rest.post(
             "/rooms/ex/broadcast", json={"message": "rest", "exclude": [a2.id, c1.id]}
         )
@@ -219,7 +178,7 @@ async def test_exclude_works_across_nodes(cluster: dict[str, Server], clients: C
     async def frames(member: Client, count: int) -> list[Any]:
         got = []
         for _ in range(count):
-            raw = await asyncio.wait_for(member.ws.recv(), WAIT)
+            raw = await recv(member.ws)
             got.append(json.loads(raw)["data"] if raw.startswith("{") else raw)
         return got
 
@@ -269,10 +228,10 @@ async def test_malformed_envelopes_from_redis_cli_are_counted_and_dropped(
             )
             out, _ = await asyncio.wait_for(cli.communicate(payload), WAIT)
             assert cli.returncode == 0, out
-    async with http(cluster["a"]) as rest:
+    async with http(cluster["a"], headers=ADMIN) as rest:
         await rest.post("/rooms/hostile/broadcast", json={"message": "still here"})
     for member in members.values():
-        assert await asyncio.wait_for(member.ws.recv(), WAIT) == "still here"
+        assert await recv(member.ws) == "still here"
     for n in "abc":
         backend = await stats(cluster[n])
         assert backend["malformed_envelopes"] - before[n] == 2 * len(garbage)
@@ -292,10 +251,8 @@ def _redis_cli() -> str:
 async def test_redis_restart_local_delivery_goes_on_and_cross_node_resumes(
     private_redis: RedisServer, clients: Connect, tmp_path: Path
 ) -> None:
-    servers = _start_nodes(
-        private_redis.url, "outage", tmp_path, {"a": "uvicorn", "c": "granian-rsgi"}
-    )
-    try:
+    nodes = redis_nodes(private_redis.url, "outage", {"a": "uvicorn", "c": "granian-rsgi"})
+    with running_nodes(tmp_path, nodes) as servers:
         a, c = servers["a"], servers["c"]
         a1, a2 = await clients(a, "r"), await clients(a, "r")
         c1 = await clients(c, "r")
@@ -310,7 +267,7 @@ async def test_redis_restart_local_delivery_goes_on_and_cross_node_resumes(
         # Redis is down: local members still get everything, REST answers promptly.
         await a1.send(type="publish", room="r", data="during")
         assert (await a2.event())["data"] == "during"
-        async with http(a) as rest:
+        async with http(a, headers=ADMIN) as rest:
             response = await asyncio.wait_for(
                 rest.post("/rooms/r/broadcast", json={"message": "rest-during"}), 3.0
             )
@@ -328,9 +285,6 @@ async def test_redis_restart_local_delivery_goes_on_and_cross_node_resumes(
             assert node.proc.poll() is None
         assert (await stats(a))["publish_dropped"] >= 2
         assert "reconnected after" in a.log()
-    finally:
-        for server in servers.values():
-            server.stop()
 
 
 def test_redis_cli_is_available() -> None:
@@ -341,13 +295,13 @@ def test_redis_cli_is_available() -> None:
 async def test_sends_to_a_connection_on_a_killed_node_are_404(
     redis_url: str, cluster: dict[str, Server], clients: Connect, tmp_path: Path, cluster_prefix: str
 ) -> None:
-    doomed = _start_nodes(redis_url, cluster_prefix, tmp_path, {"d": "uvicorn"})["d"]
-    try:
+    with running_nodes(tmp_path, redis_nodes(redis_url, cluster_prefix, {"d": "uvicorn"})) as d:
+        doomed = d["d"]
         client = await clients(doomed)
-        async with http(cluster["a"]) as rest:
+        async with http(cluster["a"], headers=ADMIN) as rest:
             ok = await rest.post(f"/connections/{client.id}/send", json={"message": "alive?"})
             assert ok.status_code == 200
-            assert await asyncio.wait_for(client.ws.recv(), WAIT) == "alive?"
+            assert await recv(client.ws) == "alive?"
             os.kill(doomed.proc.pid, signal.SIGKILL)  # no shutdown: its directory keys remain
             doomed.proc.wait(WAIT)
 
@@ -357,13 +311,9 @@ async def test_sends_to_a_connection_on_a_killed_node_are_404(
 
             # Nobody listens on the dead node's channel any more: 404 long before the 30 s TTL.
             await until(refused, timeout=WAIT)
-    finally:
-        doomed.stop()
 
 
 # Presence and users across nodes -----------------------------------------------------------
-
-SECURE_APP = {"uvicorn": "secure_app:app", "granian-rsgi": "secure_app:rsgi_app"}
 
 
 async def test_presence_and_user_sends_span_nodes_and_a_killed_node_expires(
@@ -372,22 +322,19 @@ async def test_presence_and_user_sends_span_nodes_and_a_killed_node_expires(
     """Presence on Redis: entries refreshed every NODE_TTL/3; a SIGKILLed node's entries are
     gone within NODE_TTL (here 1.5 s)."""
     ttl = 1.5
-    servers: dict[str, Server] = {}
-    try:
-        for name, kind in (("a", "uvicorn"), ("b", "uvicorn"), ("c", "granian-rsgi")):
-            env = {"REDIS_URL": redis_url, "ROOMS_PREFIX": redis_prefix, "NODE_ID": name,
-                   "NODE_TTL": str(ttl), "PRESENCE_EVENTS": "1"}  # fmt: skip
-            servers[name] = start_server(kind, SECURE_APP[kind], tmp_path, env)
+    nodes: dict[str, Node] = {}
+    for name, kind in NODES.items():
+        env = {"REDIS_URL": redis_url, "ROOMS_PREFIX": redis_prefix, "NODE_ID": name,
+               "NODE_TTL": str(ttl), "PRESENCE_EVENTS": "1"}  # fmt: skip
+        nodes[name] = (kind, app_for("secure_app", kind), env)
+    with running_nodes(tmp_path, nodes) as servers:
         async with AsyncExitStack() as stack:
 
             async def member(node: str, token: str, meta: Any) -> ClientConnection:
-                url = f"{servers[node].ws}/ws?token={token}"
-                ws = await stack.enter_async_context(connect(url, open_timeout=WAIT))
-                await asyncio.wait_for(ws.recv(), WAIT)  # welcome
+                ws = await stack.enter_async_context(open_ws(servers[node], f"/ws?token={token}"))
+                await recv(ws)  # welcome
                 await ws.send(json.dumps({"type": "join", "room": "p", "meta": meta}))
-                async with asyncio.timeout(WAIT):
-                    while json.loads(await ws.recv())["type"] != "joined":
-                        pass
+                await next_event(ws, "joined")
                 return ws
 
             alice_a = await member("a", "alice-token", {"on": "a"})
@@ -396,7 +343,7 @@ async def test_presence_and_user_sends_span_nodes_and_a_killed_node_expires(
             carol = await member("c", "admin-token", {"on": "c"})
 
             async def presence(node: str) -> dict[str, list[str]]:
-                async with http(servers[node]) as rest:
+                async with http(servers[node], headers=ADMIN) as rest:
                     entries = (await rest.get("/rooms/p")).json()["presence"]
                 return {e["user_id"]: sorted(c["node"] for c in e["connections"]) for e in entries}
 
@@ -406,7 +353,7 @@ async def test_presence_and_user_sends_span_nodes_and_a_killed_node_expires(
             await until(complete)  # every node's entries reached Redis
             assert await presence("a") == await presence("c")
 
-            async with http(servers["c"]) as rest:
+            async with http(servers["c"], headers=ADMIN) as rest:
                 response = await rest.post("/users/alice/send", json={"message": "to both tabs"})
             assert response.status_code == 200
             async with asyncio.timeout(WAIT):
@@ -424,10 +371,4 @@ async def test_presence_and_user_sends_span_nodes_and_a_killed_node_expires(
             assert asyncio.get_running_loop().time() - killed_at < ttl + 1.0
             # the survivors' presence events are unaffected; carol still receives room traffic
             await alice_a.send(json.dumps({"type": "publish", "room": "p", "data": "still"}))
-            async with asyncio.timeout(WAIT):
-                while (event := json.loads(await carol.recv()))["type"] != "message":
-                    pass
-            assert event["data"] == "still"
-    finally:
-        for server in servers.values():
-            server.stop()
+            assert (await next_event(carol, "message"))["data"] == "still"

@@ -6,26 +6,15 @@ import asyncio
 import json
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+from tests.helpers import http, next_event, open_ws
 
 pytestmark = pytest.mark.anyio
-
-
-async def next_event(ws: ClientConnection, type_: str) -> dict[str, Any]:
-    async def wait() -> dict[str, Any]:
-        while True:
-            event = json.loads(await ws.recv())
-            if event["type"] == type_:
-                return dict(event)
-
-    return await asyncio.wait_for(wait(), 10)
 
 
 async def test_rooms_and_announcements_span_uvicorn_workers(
@@ -45,7 +34,7 @@ async def test_rooms_and_announcements_span_uvicorn_workers(
             await asyncio.sleep(0.1)
 
     async def member() -> tuple[ClientConnection, str]:
-        ws = await stack.enter_async_context(connect(f"{server.ws}/api/ws", open_timeout=10))
+        ws = await stack.enter_async_context(open_ws(server, "/api/ws"))
         welcome = await next_event(ws, "welcome")
         await ws.send(json.dumps({"type": "join", "room": "lobby"}))
         await next_event(ws, "joined")
@@ -68,7 +57,7 @@ async def test_rooms_and_announcements_span_uvicorn_workers(
             event = await next_event(ws, "message")
             assert event["data"] == "hello all", node
 
-        async with httpx.AsyncClient(base_url=server.http, timeout=10) as client:
+        async with http(server) as client:
             response = await client.post("/api/announce", json={"text": "from one worker"})
         assert response.status_code == 200
         for ws, node in members:

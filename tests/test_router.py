@@ -98,10 +98,11 @@ async def api_key(x_api_key: str = Header(default="")) -> None:
         raise HTTPException(401, "bad key")
 
 
-def test_router_dependencies_apply_to_every_route_websockets_included() -> None:
-    """As in any APIRouter: REST, HTTP routes, handlers and the ready endpoint."""
+def guarded_app(**router_kwargs: object) -> FastAPI:
+    """A rooms router at /rt (``router_kwargs`` add its guards) with an HTTP route and a handler
+    that sends its room's name."""
     app = FastAPI()
-    rooms = create_rooms_router(dependencies=[Depends(api_key)], prefix="/rt")
+    rooms = create_rooms_router(prefix="/rt", **router_kwargs)  # type: ignore[arg-type]
 
     @rooms.get("/extra")
     async def extra() -> dict[str, int]:
@@ -113,6 +114,12 @@ def test_router_dependencies_apply_to_every_route_websockets_included() -> None:
         await websocket.send_text(room_id)
 
     app.include_router(rooms)
+    return app
+
+
+def test_router_dependencies_apply_to_every_route_websockets_included() -> None:
+    """As in any APIRouter: REST, HTTP routes, handlers and the ready endpoint."""
+    app = guarded_app(dependencies=[Depends(api_key)])
     key = {"x-api-key": "secret"}
     with TestClient(app) as client:
         assert client.get("/rt/extra").status_code == 401
@@ -131,19 +138,7 @@ def test_router_dependencies_apply_to_every_route_websockets_included() -> None:
 
 
 def test_rest_dependencies_protect_rest_but_not_websockets() -> None:
-    app = FastAPI()
-    rooms = create_rooms_router(rest_dependencies=[Depends(api_key)], prefix="/rt")
-
-    @rooms.get("/extra")
-    async def extra() -> dict[str, int]:
-        return {"ok": 1}
-
-    @rooms.websocket("/ws/room/<room_id>")
-    async def room(websocket: WebSocket, room_id: str) -> None:
-        await websocket.accept()
-        await websocket.send_text(room_id)
-
-    app.include_router(rooms)
+    app = guarded_app(rest_dependencies=[Depends(api_key)])
     with TestClient(app) as client:
         assert client.get("/rt/extra").json() == {"ok": 1}  # the app's own route: open
         with client.websocket_connect("/rt/ws") as ready:

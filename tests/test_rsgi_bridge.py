@@ -6,30 +6,21 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 from fastapi_rooms.rsgi import RSGIApp
-from tests.conftest import Server, start_server
+from tests.conftest import Server, server_fixture
+from tests.helpers import handshake_status, http, open_ws, recv
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module", params=["granian-rsgi", "uvicorn"])
-def bridge(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    app = "bridge_app:rsgi_app" if request.param == "granian-rsgi" else "bridge_app:app"
-    server = start_server(request.param, app, tmp_path_factory.mktemp("bridge"))
-    try:
-        yield server
-    finally:
-        server.stop()
+#: bridge_app on Granian RSGI (the bridge) and on uvicorn (the reference).
+bridge = server_fixture("bridge_app", "bridge", kinds=["granian-rsgi", "uvicorn"])
 
 
 async def test_streamed_upload(bridge: Server) -> None:
@@ -39,7 +30,7 @@ async def test_streamed_upload(bridge: Server) -> None:
         for i in range(0, len(payload), 64 * 1024):
             yield payload[i : i + 64 * 1024]
 
-    async with httpx.AsyncClient(base_url=bridge.http, timeout=30) as client:
+    async with http(bridge, timeout=30) as client:
         r = await client.post("/upload", content=chunks())
     assert r.status_code == 200
     body = r.json()
@@ -49,7 +40,7 @@ async def test_streamed_upload(bridge: Server) -> None:
 
 async def test_streamed_response_arrives_chunk_by_chunk(bridge: Server) -> None:
     async with (
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        http(bridge) as client,
         client.stream("GET", "/stream") as response,
     ):
         lines = response.aiter_lines()
@@ -60,7 +51,7 @@ async def test_streamed_response_arrives_chunk_by_chunk(bridge: Server) -> None:
 
 
 async def test_sse_file_cookies_errors_openapi(bridge: Server) -> None:
-    async with httpx.AsyncClient(base_url=bridge.http, timeout=10) as client:
+    async with http(bridge) as client:
         sse = await client.get("/sse")
         assert sse.headers["content-type"].startswith("text/event-stream")
         assert sse.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
@@ -79,26 +70,23 @@ async def test_sse_file_cookies_errors_openapi(bridge: Server) -> None:
         info = (await client.get("/client?x=1&y=%20")).json()
         assert info["host"] == "127.0.0.1" and isinstance(info["port"], int) and info["port"] > 0
         assert info["query"] == "x=1&y=%20"
-    async with httpx.AsyncClient(base_url=bridge.http, timeout=10) as client:
+    async with http(bridge) as client:
         # Last: uvicorn closes the keep-alive connection after an unhandled exception.
         assert (await client.get("/boom")).status_code == 500
     assert "Traceback" not in bridge.log() or "boom" in bridge.log()
 
 
 async def test_fastapi_native_websocket_through_the_bridge(bridge: Server) -> None:
-    async with connect(bridge.ws + "/native") as ws:
+    async with open_ws(bridge, "/native") as ws:
         await ws.send("hi")
-        assert await asyncio.wait_for(ws.recv(), 5) == "native: hi"
+        assert await recv(ws, 5) == "native: hi"
 
 
 async def test_unmatched_websocket_path(bridge: Server) -> None:
     if bridge.kind == "granian-rsgi":
-        with pytest.raises(InvalidStatus) as info:
-            async with connect(bridge.ws + "/no/such/path"):
-                pass
-        assert info.value.response.status_code == 404
+        assert await handshake_status(bridge, "/no/such/path") == 404
     else:
-        async with connect(bridge.ws + "/no/such/path") as ws:
+        async with open_ws(bridge, "/no/such/path") as ws:
             await asyncio.wait_for(ws.wait_closed(), 5)
             assert ws.close_code == 1001
 
@@ -120,19 +108,19 @@ async def test_hostile_input_leaves_the_worker_serving(bridge: Server) -> None:
     raw(b"GET /%00%ff/../.. HTTP/1.1\r\nHost: x\r\n\r\n")
     # A valid handshake followed by a garbage frame, and an abrupt drop mid-frame.
     for junk in (b"\xff\xff\xff\xff\xff\xff", b"\x81\xfe\xff"):
-        async with connect(bridge.ws + "/rooms-api/ws") as ws:
-            await asyncio.wait_for(ws.recv(), 5)  # welcome
+        async with open_ws(bridge, "/rooms-api/ws") as ws:
+            await recv(ws, 5)  # welcome
             ws.transport.write(junk)
             if junk.startswith(b"\x81"):
                 ws.transport.abort()
             else:
                 with pytest.raises(Exception):  # noqa: B017 - the server drops us
-                    await asyncio.wait_for(ws.recv(), 5)
+                    await recv(ws, 5)
     # Still serving, HTTP and WebSocket.
-    async with httpx.AsyncClient(base_url=bridge.http, timeout=5) as client:
+    async with http(bridge, timeout=5) as client:
         assert (await client.get("/rooms-api/stats")).status_code == 200
-    async with connect(bridge.ws + "/rooms-api/ws") as ws:
-        assert "welcome" in await asyncio.wait_for(ws.recv(), 5)
+    async with open_ws(bridge, "/rooms-api/ws") as ws:
+        assert "welcome" in await recv(ws, 5)
     assert bridge.proc.poll() is None
     assert "panicked" not in bridge.log()
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -19,58 +18,40 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from fastapi_rooms import WebSocket
 from fastapi_rooms.policy import Limits, client_ip, get_token, origin_allowed, user_id_of
 
-from .conftest import Server, sent_code, start_server
+from .conftest import SERVERS, Server, app_for, sent_code, server_fixture
+from .helpers import ADMIN, WAIT, handshake_status, http, next_event, open_ws, recv
 
 pytestmark = pytest.mark.anyio
 
-WAIT = 10.0
-APP = {"uvicorn": "secure_app:app", "granian-rsgi": "secure_app:rsgi_app"}
+APP = {kind: app_for("secure_app", kind) for kind in SERVERS}
+
 PER_IP = 8  # the shared server's per-address limit; tests that do not test it stay below
 
-
-@pytest.fixture(scope="module")
-def secure(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(
-        server_kind,
-        APP[server_kind],
-        tmp_path_factory.mktemp("secure"),
-        {"MAX_CONNECTIONS_PER_IP": str(PER_IP), "REDIS_URL": ""},
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+secure = server_fixture(
+    "secure_app", "secure", {"MAX_CONNECTIONS_PER_IP": str(PER_IP), "REDIS_URL": ""}
+)
 
 
-@asynccontextmanager
-async def ws_open(
+def with_token(path: str, token: str | None) -> str:
+    return path + (f"?token={token}" if token else "")
+
+
+def ws_open(
     server: Server, path: str = "/ws", *, token: str | None = "alice-token", **kwargs: Any
-) -> AsyncIterator[ClientConnection]:
-    url = f"{server.ws}{path}" + (f"?token={token}" if token else "")
-    async with connect(url, open_timeout=WAIT, close_timeout=WAIT, **kwargs) as ws:
-        yield ws
+) -> connect:
+    return open_ws(server, with_token(path, token), **kwargs)
 
 
-async def refused(server: Server, path: str = "/ws", **kwargs: Any) -> int:
+async def refused(
+    server: Server, path: str = "/ws", *, token: str | None = "alice-token", **kwargs: Any
+) -> int:
     """The HTTP status of a handshake the server must refuse."""
-    with pytest.raises(InvalidStatus) as exc:
-        async with ws_open(server, path, **kwargs):
-            pass
-    return exc.value.response.status_code
-
-
-async def event(ws: ClientConnection, type_: str | None = None) -> dict[str, Any]:
-    """The next JSON event (of ``type_`` when given, skipping others)."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            got = json.loads(await ws.recv())
-            if type_ is None or got["type"] == type_:
-                return dict(got)
+    return await handshake_status(server, with_token(path, token), **kwargs)
 
 
 async def request(ws: ClientConnection, **message: Any) -> dict[str, Any]:
     await ws.send(json.dumps(message))
-    return await event(ws)
+    return await next_event(ws)
 
 
 # Authentication ----------------------------------------------------------------------------
@@ -78,14 +59,14 @@ async def request(ws: ClientConnection, **message: Any) -> dict[str, Any]:
 
 async def test_authentication_by_query_header_or_cookie(secure: Server) -> None:
     async with ws_open(secure) as ws:
-        welcome = await event(ws, "welcome")
+        welcome = await next_event(ws, "welcome")
         assert welcome["user_id"] == "alice"
     headers = {"Authorization": "Bearer bob-token"}
     async with ws_open(secure, token=None, additional_headers=headers) as ws:
-        assert (await event(ws, "welcome"))["user_id"] == "bob"
+        assert (await next_event(ws, "welcome"))["user_id"] == "bob"
     cookies = {"Cookie": "theme=dark; token=admin-token"}
     async with ws_open(secure, token=None, additional_headers=cookies) as ws:
-        assert (await event(ws, "welcome"))["user_id"] == "admin"
+        assert (await next_event(ws, "welcome"))["user_id"] == "admin"
 
 
 async def test_missing_or_bad_credentials_are_refused_before_accept(secure: Server) -> None:
@@ -104,10 +85,10 @@ async def test_cross_site_origins_are_refused(secure: Server) -> None:
     assert await refused(secure, origin="https://evil.example") == 403
     assert await refused(secure, "/custom", origin="http://evil.example") == 403
     async with ws_open(secure, origin="https://allowed.example") as ws:
-        assert (await event(ws, "welcome"))["user_id"] == "alice"
+        assert (await next_event(ws, "welcome"))["user_id"] == "alice"
     same_site = f"http://127.0.0.1:{secure.port}"
     async with ws_open(secure, origin=same_site) as ws:
-        assert (await event(ws, "welcome"))["type"] == "welcome"
+        assert (await next_event(ws, "welcome"))["type"] == "welcome"
 
 
 # Joins ---------------------------------------------------------------------------------------
@@ -117,8 +98,8 @@ async def test_join_authorization_and_room_limits_answer_with_error_events(
     secure: Server,
 ) -> None:
     async with ws_open(secure) as alice, ws_open(secure, token="admin-token") as admin:
-        await event(alice, "welcome")
-        await event(admin, "welcome")
+        await next_event(alice, "welcome")
+        await next_event(admin, "welcome")
         denied = await request(alice, type="join", room="admin-ops")
         assert denied == {
             "type": "error",
@@ -147,10 +128,10 @@ async def test_room_full(secure: Server) -> None:
         ws_open(secure, token=tokens[4]) as e,
     ):
         for ws in (a, b, c, d):
-            await event(ws, "welcome")
+            await next_event(ws, "welcome")
             await ws.send(json.dumps({"type": "join", "room": "full"}))
-            await event(ws, "joined")
-        await event(e, "welcome")
+            await next_event(ws, "joined")
+        await next_event(e, "welcome")
         answer = await request(e, type="join", room="full")
         assert (answer["type"], answer["code"]) == ("error", "room_full")
 
@@ -164,16 +145,16 @@ async def test_per_ip_limit_behind_a_trusted_proxy(secure: Server) -> None:
     async with AsyncExitStack() as stack:
         for _ in range(PER_IP):
             ws = await stack.enter_async_context(ws_open(secure, additional_headers=one))
-            await event(ws, "welcome")
+            await next_event(ws, "welcome")
         assert await refused(secure, additional_headers=one) == 429
         async with ws_open(secure, additional_headers=other) as ws:
-            assert (await event(ws, "welcome"))["type"] == "welcome"
+            assert (await next_event(ws, "welcome"))["type"] == "welcome"
     # The slots free up as the server's handlers end (just after the clients closed).
     async with asyncio.timeout(WAIT):
         while True:
             try:
                 async with ws_open(secure, additional_headers=one) as ws:
-                    assert (await event(ws, "welcome"))["type"] == "welcome"
+                    assert (await next_event(ws, "welcome"))["type"] == "welcome"
                     break
             except InvalidStatus as exc:
                 if exc.response.status_code != 429:
@@ -184,11 +165,11 @@ async def test_per_ip_limit_behind_a_trusted_proxy(secure: Server) -> None:
 async def test_total_connection_limit(serve: Callable[..., Server], server_kind: str) -> None:
     server = serve(server_kind, APP[server_kind], {"MAX_CONNECTIONS": "2", "REDIS_URL": ""})
     async with ws_open(server) as a, ws_open(server, token="bob-token") as b:
-        await event(a, "welcome")
-        await event(b, "welcome")
+        await next_event(a, "welcome")
+        await next_event(b, "welcome")
         assert await refused(server, token="admin-token") == 503
     async with ws_open(server) as again:
-        assert (await event(again, "welcome"))["type"] == "welcome"
+        assert (await next_event(again, "welcome"))["type"] == "welcome"
 
 
 async def test_limits_hold_for_concurrent_handshakes_with_a_slow_hook(
@@ -210,8 +191,8 @@ async def test_limits_hold_for_concurrent_handshakes_with_a_slow_hook(
         assert sorted(r for r in results if isinstance(r, int)) == [503] * 8
     # every slot came back: two more fit, a third does not
     async with ws_open(server) as a, ws_open(server, token="bob-token") as b:
-        await event(a, "welcome")
-        await event(b, "welcome")
+        await next_event(a, "welcome")
+        await next_event(b, "welcome")
         assert await refused(server) == 503
     assert "Traceback" not in server.log()
 
@@ -222,19 +203,19 @@ async def test_limits_hold_for_concurrent_handshakes_with_a_slow_hook(
 async def test_rate_limit_drops_then_closes(serve: Callable[..., Server], server_kind: str) -> None:
     server = serve(server_kind, APP[server_kind], {"RATE": "1", "BURST": "3", "REDIS_URL": ""})
     async with ws_open(server) as flooder, ws_open(server, token="bob-token") as calm:
-        await event(flooder, "welcome")
-        await event(calm, "welcome")
+        await next_event(flooder, "welcome")
+        await next_event(calm, "welcome")
         for _ in range(3):
             await flooder.send(json.dumps({"type": "ping"}))
         for _ in range(3):
-            assert await event(flooder) == {"type": "pong"}
+            assert await next_event(flooder) == {"type": "pong"}
         await flooder.send(json.dumps({"type": "ping"}))
-        limited = await event(flooder)
+        limited = await next_event(flooder)
         assert (limited["type"], limited["code"]) == ("error", "rate_limited")
         async def flood() -> None:
             for _ in range(50):
                 await flooder.send(json.dumps({"type": "ping"}))
-                await event(flooder)
+                await next_event(flooder)
 
         with pytest.raises(ConnectionClosed) as closed:
             await flood()
@@ -250,13 +231,13 @@ async def test_idle_connections_close_and_pings_keep_them_open(
     # A generous timeout: a loaded machine may delay a ping by several hundred ms.
     server = serve(server_kind, APP[server_kind], {"IDLE_TIMEOUT": "1.5", "REDIS_URL": ""})
     async with ws_open(server) as idle, ws_open(server, token="bob-token") as busy:
-        await event(idle, "welcome")
-        await event(busy, "welcome")
+        await next_event(idle, "welcome")
+        await next_event(busy, "welcome")
         for _ in range(7):  # 7 x 0.3 s: longer than the timeout, with a ping in every slice
             await asyncio.sleep(0.3)  # the client's ping interval, not a wait for an event
             assert await request(busy, type="ping") == {"type": "pong"}
         with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(idle.recv(), WAIT)
+            await recv(idle)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == sent_code(server_kind, 1001)
         assert closed.value.rcvd.reason == ("" if server_kind == "granian-rsgi" else "idle timeout")
@@ -271,15 +252,13 @@ async def test_presence_grouped_by_user_with_events_and_user_sends(secure: Serve
         ws_open(secure) as tab1,
         ws_open(secure) as tab2,
         ws_open(secure, token="bob-token") as bob,
-        httpx.AsyncClient(
-            base_url=secure.http, timeout=WAIT, headers={"Authorization": "Bearer admin-token"}
-        ) as rest,
+        http(secure, headers=ADMIN) as rest,
     ):
-        ids = [(await event(ws, "welcome"))["connection_id"] for ws in (tab1, tab2, bob)]
+        ids = [(await next_event(ws, "welcome"))["connection_id"] for ws in (tab1, tab2, bob)]
         await bob.send(json.dumps({"type": "join", "room": room, "meta": {"status": "away"}}))
-        assert await event(bob, "joined") == {"type": "joined", "room": room}
+        assert await next_event(bob, "joined") == {"type": "joined", "room": room}
         await tab1.send(json.dumps({"type": "join", "room": room, "meta": {"tab": 1}}))
-        joined = await event(bob, "presence")
+        joined = await next_event(bob, "presence")
         assert joined == {
             "type": "presence",
             "event": "join",
@@ -289,7 +268,7 @@ async def test_presence_grouped_by_user_with_events_and_user_sends(secure: Serve
             "meta": {"tab": 1},
         }
         await tab2.send(json.dumps({"type": "join", "room": room, "meta": {"tab": 2}}))
-        await event(tab2, "joined")
+        await next_event(tab2, "joined")
 
         detail = (await rest.get(f"/rooms/{room}")).json()
         by_user = {entry["user_id"]: entry["connections"] for entry in detail["presence"]}
@@ -302,13 +281,13 @@ async def test_presence_grouped_by_user_with_events_and_user_sends(secure: Serve
         response = await rest.post("/users/alice/send", json={"message": {"type": "dm"}})
         assert response.json() == {"status": "sent", "user_id": "alice"}
         for tab in (tab1, tab2):
-            assert await event(tab, "dm") == {"type": "dm"}
+            assert await next_event(tab, "dm") == {"type": "dm"}
         assert (await rest.post("/users/nobody/send", json={"message": "x"})).status_code == 404
 
         await tab2.send(json.dumps({"type": "leave", "room": room}))
-        left = await event(bob, "presence")
+        left = await next_event(bob, "presence")
         while left["event"] != "leave":  # skip tab2's join announcement
-            left = await event(bob, "presence")
+            left = await next_event(bob, "presence")
         assert (left["connection_id"], left["user_id"], left["meta"]) == (ids[1], "alice", {"tab": 2})
 
 

@@ -8,53 +8,34 @@ Each server kind in ``SERVERS`` serves ``tests/apps/core_app.py`` in a subproces
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.frames import Close
+from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import Server, peer_code, sent_code, sent_reason, start_server
+from tests.conftest import (
+    SERVERS,
+    Server,
+    app_for,
+    peer_code,
+    sent_code,
+    sent_reason,
+    server_fixture,
+)
+from tests.helpers import WAIT, closed_with, drain, handshake_status, http, open_ws, recv, recv_json
 
 pytestmark = pytest.mark.anyio
 
-TIMEOUT = 10.0  # seconds to wait on any single event; generous so a loaded machine passes
+APP = {kind: app_for("core_app", kind) for kind in SERVERS}
+
 LIMIT = 1024  # MAX_WS_MESSAGE_BYTES of the ``limited`` server
 
-
-def app_target(kind: str) -> str:
-    return "core_app:rsgi_app" if kind == "granian-rsgi" else "core_app:app"
-
-
-@pytest.fixture(scope="module")
-def core(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(server_kind, app_target(server_kind), tmp_path_factory.mktemp("core"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def limited(server_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(
-        server_kind,
-        app_target(server_kind),
-        tmp_path_factory.mktemp("limited"),
-        {"MAX_WS_MESSAGE_BYTES": str(LIMIT)},
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+core = server_fixture("core_app", "core")
+limited = server_fixture("core_app", "limited", {"MAX_WS_MESSAGE_BYTES": str(LIMIT)})
 
 
 # Helpers ----------------------------------------------------------------------------------------
@@ -64,46 +45,9 @@ def new_key() -> str:
     return uuid.uuid4().hex
 
 
-def client(url: str, **kwargs: Any) -> Any:
-    kwargs.setdefault("open_timeout", TIMEOUT)
-    kwargs.setdefault("close_timeout", TIMEOUT)
-    return connect(url, **kwargs)
-
-
-async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> str | bytes:
-    return await asyncio.wait_for(ws.recv(), timeout)
-
-
-async def recv_json(ws: ClientConnection) -> Any:
-    data = await recv(ws)
-    assert isinstance(data, str), f"expected a text message, got {data!r}"
-    return json.loads(data)
-
-
-async def drain(
-    ws: ClientConnection, limit: int = 10_000, timeout: float = TIMEOUT
-) -> tuple[list[str | bytes], Close | None]:
-    """Messages until the connection closes, and the close frame the client received."""
-    messages: list[str | bytes] = []
-    for _ in range(limit):
-        try:
-            messages.append(await asyncio.wait_for(ws.recv(), timeout))
-        except ConnectionClosed as exc:
-            return messages, exc.rcvd
-    raise AssertionError(f"no close after {limit} messages")
-
-
-async def closed_with(ws: ClientConnection) -> Close:
-    """The close frame the server sends next (no message may come before it)."""
-    messages, rcvd = await drain(ws, limit=1)
-    assert messages == [], f"expected a close frame, got messages {messages!r}"
-    assert rcvd is not None, "the connection ended without a close frame from the server"
-    return rcvd
-
-
 async def fetch_report(server: Server, key: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT + 5) as http:
-        response = await http.get(f"/test/reports/{key}", params={"timeout": TIMEOUT})
+    async with http(server, timeout=WAIT + 5) as client:
+        response = await client.get(f"/test/reports/{key}", params={"timeout": WAIT})
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
@@ -121,7 +65,7 @@ def assert_connection_closed_error(error: dict[str, Any] | None) -> None:
 
 
 async def test_receive_returns_text_and_bytes_messages(core: Server) -> None:
-    async with client(f"{core.ws}/ws/describe") as ws:
+    async with open_ws(core, "/ws/describe") as ws:
         await ws.send("héllo ✓")
         assert await recv_json(ws) == {
             "type": "text",
@@ -161,7 +105,7 @@ async def test_receive_returns_text_and_bytes_messages(core: Server) -> None:
 async def test_200kb_text_arrives_as_one_message(core: Server) -> None:
     key = new_key()
     payload = "".join(f"{i:08d}" for i in range(25_000))  # 200 000 characters, order-revealing
-    async with client(f"{core.ws}/ws/echo?key={key}") as ws:
+    async with open_ws(core, f"/ws/echo?key={key}") as ws:
         await ws.send(payload)
         echoed = await recv(ws)
         assert isinstance(echoed, str)
@@ -177,7 +121,7 @@ async def test_200kb_text_arrives_as_one_message(core: Server) -> None:
 
 async def test_client_close_code_reaches_handler_then_use_raises(core: Server) -> None:
     key = new_key()
-    async with client(f"{core.ws}/ws/echo?key={key}") as ws:
+    async with open_ws(core, f"/ws/echo?key={key}") as ws:
         await ws.send("hi")
         assert await recv(ws) == "hi"
         await ws.close(4000, "client done")
@@ -196,11 +140,11 @@ async def test_client_close_code_reaches_handler_then_use_raises(core: Server) -
 
 async def test_abrupt_drop_is_close_1006_then_use_raises(core: Server) -> None:
     key = new_key()
-    ws = await connect(f"{core.ws}/ws/echo?key={key}", open_timeout=TIMEOUT)
+    ws = await open_ws(core, f"/ws/echo?key={key}")
     await ws.send("hi")
     assert await recv(ws) == "hi"  # the handler is inside its receive loop
     ws.transport.abort()  # TCP reset, no close frame
-    await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+    await asyncio.wait_for(ws.wait_closed(), WAIT)
     seen = await fetch_report(core, key)
     assert seen["last"]["type"] == "close"
     assert seen["last"]["kind"] == 0
@@ -211,8 +155,8 @@ async def test_abrupt_drop_is_close_1006_then_use_raises(core: Server) -> None:
 
 async def test_async_for_and_scope(core: Server) -> None:
     key = new_key()
-    url = f"{core.ws}/ws/scope/alice?key={key}&x=1&y=%C3%A9"
-    async with client(url, additional_headers={"X-Test": "hello"}) as ws:
+    url = f"/ws/scope/alice?key={key}&x=1&y=%C3%A9"
+    async with open_ws(core, url, additional_headers={"X-Test": "hello"}) as ws:
         info = await recv_json(ws)
         host, port = ws.local_address[:2]
         assert info == {
@@ -243,7 +187,7 @@ async def test_async_for_and_scope(core: Server) -> None:
 async def test_close_after_accept_sends_code_and_reason(
     core: Server, code: int, reason: str
 ) -> None:
-    async with client(f"{core.ws}/ws/close/{code}?reason={quote(reason)}") as ws:
+    async with open_ws(core, f"/ws/close/{code}?reason={quote(reason)}") as ws:
         rcvd = await closed_with(ws)
     assert (rcvd.code, rcvd.reason) == (sent_code(core.kind, code), sent_reason(core.kind, reason))
 
@@ -253,9 +197,9 @@ async def test_close_after_queued_sends_delivers_them_first(
     core: Server, count: int, size: int
 ) -> None:
     # 200 x 64 KiB backs up the socket: the close waits behind the queued frames.
-    url = f"{core.ws}/ws/flood-close/4002?count={count}&size={size}&reason=flushed"
-    async with client(url, compression=None, max_size=2**20) as ws:
-        messages, rcvd = await drain(ws, limit=count + 1)
+    url = f"/ws/flood-close/4002?count={count}&size={size}&reason=flushed"
+    async with open_ws(core, url, compression=None, max_size=2**20) as ws:
+        messages, rcvd = await drain(ws, limit=count)
     assert [m[:9] for m in messages] == [f"{seq:08d}|" for seq in range(count)]
     assert all(len(m) == size for m in messages)
     assert rcvd is not None
@@ -264,14 +208,11 @@ async def test_close_after_queued_sends_delivers_them_first(
 
 @pytest.mark.parametrize("path", ["/ws/reject", "/ws/reject?code=1008", "/ws/no-accept"])
 async def test_no_accept_rejects_handshake_with_403(core: Server, path: str) -> None:
-    with pytest.raises(InvalidStatus) as info:
-        async with client(f"{core.ws}{path}"):
-            pass
-    assert info.value.response.status_code == 403
+    assert await handshake_status(core, path) == 403
 
 
 async def test_handler_raising_after_accept_closes_1011_and_logs(core: Server) -> None:
-    async with client(f"{core.ws}/ws/raise") as ws:
+    async with open_ws(core, "/ws/raise") as ws:
         assert await recv(ws) == "about to raise"
         rcvd = await closed_with(ws)
     assert rcvd.code == sent_code(core.kind, 1011)
@@ -281,18 +222,15 @@ async def test_handler_raising_after_accept_closes_1011_and_logs(core: Server) -
 
 async def test_unmatched_path_closes_1001(core: Server) -> None:
     if core.kind == "granian-rsgi":  # RSGI cannot send 1001: the upgrade is refused with 404
-        with pytest.raises(InvalidStatus) as info:
-            async with client(f"{core.ws}/no/such/path"):
-                pass
-        assert info.value.response.status_code == 404
+        assert await handshake_status(core, "/no/such/path") == 404
         return
-    async with client(f"{core.ws}/no/such/path") as ws:
+    async with open_ws(core, "/no/such/path") as ws:
         rcvd = await closed_with(ws)
     assert rcvd.code == 1001
 
 
 async def test_misuse_raises_runtime_error_with_clear_message(core: Server) -> None:
-    async with client(f"{core.ws}/ws/misuse") as ws:
+    async with open_ws(core, "/ws/misuse") as ws:
         errors = await recv_json(ws)
     for name in ("send_before_accept", "receive_before_accept", "second_accept"):
         error = errors[name]
@@ -322,8 +260,8 @@ async def test_inbound_over_limit_closes_1009_and_spares_others(
 ) -> None:
     key = new_key()
     async with (
-        client(f"{limited.ws}/ws/echo") as bystander,
-        client(f"{limited.ws}/ws/echo?key={key}") as offender,
+        open_ws(limited, "/ws/echo") as bystander,
+        open_ws(limited, f"/ws/echo?key={key}") as offender,
     ):
         await bystander.send("before")
         assert await recv(bystander) == "before"
@@ -346,7 +284,7 @@ async def test_inbound_over_limit_closes_1009_and_spares_others(
 
 
 async def test_outbound_over_limit_raises_message_too_big(limited: Server) -> None:
-    async with client(f"{limited.ws}/ws/oversend?size=2000") as ws:
+    async with open_ws(limited, "/ws/oversend?size=2000") as ws:
         errors = await recv_json(ws)
         assert await recv(ws) == "still open"
     for kind in ("text", "bytes"):
@@ -357,8 +295,8 @@ async def test_outbound_over_limit_raises_message_too_big(limited: Server) -> No
         assert error["connection_closed"] is False
         assert "2000" in error["message"]
         assert str(LIMIT) in error["message"]
-    async with httpx.AsyncClient(base_url=limited.http, timeout=TIMEOUT) as http:
-        response = await http.post("/rooms/any/broadcast", json={"message": "x" * 2000})
+    async with http(limited) as client:
+        response = await client.post("/rooms/any/broadcast", json={"message": "x" * 2000})
     assert response.status_code == 413
     assert str(LIMIT) in response.text
 
@@ -367,18 +305,18 @@ async def test_outbound_over_limit_raises_message_too_big(limited: Server) -> No
 
 
 async def test_shutdown_sends_every_client_a_close_frame(server_kind: str, serve: Any) -> None:
-    server: Server = serve(server_kind, app_target(server_kind))
+    server: Server = serve(server_kind, APP[server_kind])
     clients: list[ClientConnection] = []
     for i in range(3):
         cid = f"member-{i}-{new_key()}"
-        ws = await connect(f"{server.ws}/ws/member?id={cid}&rooms=lobby,r{i}", open_timeout=TIMEOUT)
+        ws = await open_ws(server, f"/ws/member?id={cid}&rooms=lobby,r{i}")
         assert await recv(ws) == f"ready:{cid}"
         clients.append(ws)
-    echo = await connect(f"{server.ws}/ws/echo", open_timeout=TIMEOUT)
+    echo = await open_ws(server, "/ws/echo")
     await echo.send("ping")
     assert await recv(echo) == "ping"
     clients.append(echo)
-    ticker = await connect(f"{server.ws}/ws/ticker", open_timeout=TIMEOUT)
+    ticker = await open_ws(server, "/ws/ticker")
     assert await recv(ticker) == "tick:0"
     clients.append(ticker)
 
