@@ -1,6 +1,7 @@
 """Rooms, presence and broadcast for FastAPI and Starlette WebSockets."""
 
 from .compat.gobstopper import WebSocketManager
+from .connection import Connection
 from .errors import (
     CloseCode,
     ConfigurationError,
@@ -11,7 +12,7 @@ from .errors import (
 )
 from .fastapi.dependencies import get_manager
 from .fastapi.router import RoomsRouter, create_rooms_router
-from .manager import Connection, RoomManager
+from .manager import RoomManager
 from .message import Message
 from .policy import Limits, RateLimiter
 from .websocket import WebSocket

@@ -17,13 +17,14 @@ from starlette.websockets import WebSocket as StarletteWebSocket
 from .backends import Backend, backend_from_url
 from .backplane import Backplane, Envelope
 from .backplane import encode as encode_envelope
+from .connection import Connection
 from .encoding import Frame, default_max_message_bytes, encode, json_dumps, oversize, room_name
 from .errors import CloseCode, JoinRefused
 from .outbound import Overflow
 from .registry import Registry
 from .websocket import WebSocket
 
-__all__ = ["Connection", "RoomManager"]
+__all__ = ["RoomManager"]
 
 _log = logging.getLogger("fastapi_rooms")
 
@@ -659,44 +660,6 @@ class RoomManager:
                 else self.backplane.stats()
             ),
         }
-
-
-class Connection:
-    """One registered connection, as ``manager.connect()`` hands it to a handler."""
-
-    __slots__ = ("id", "manager", "user_id", "websocket")
-
-    def __init__(
-        self, manager: RoomManager, connection_id: str, websocket: WebSocket, user_id: str | None
-    ) -> None:
-        self.manager = manager
-        self.id = connection_id
-        self.websocket = websocket
-        self.user_id = user_id
-
-    @property
-    def rooms(self) -> set[str]:
-        return self.manager.get_connection_rooms(self.id)
-
-    async def join(self, room: str, *, meta: Any = None) -> None:
-        """Join ``room``; returns once messages from every node reach it (``JoinRefused``)."""
-        await self.manager.join(self.id, room, meta=meta)
-
-    def leave(self, room: str) -> None:
-        self.manager.leave_room(self.id, room)
-
-    async def broadcast(self, room: str, message: Any, *, exclude_self: bool = False) -> int:
-        """Broadcast to ``room`` (skipping this connection with ``exclude_self``)."""
-        return await self.manager.broadcast_to_room(
-            room, message, exclude=self.id if exclude_self else None
-        )
-
-    async def send(self, message: Any) -> bool:
-        """Hand ``message`` to this connection, in order with broadcasts."""
-        return await self.manager.send_to(self.id, message)
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} user={self.user_id!r} rooms={sorted(self.rooms)}>"
 
 
 def _group_by_user(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,50 @@
+"""Connection: one registered connection, as ``manager.connect()`` hands it to a handler."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .websocket import WebSocket
+
+if TYPE_CHECKING:
+    from .manager import RoomManager
+
+__all__ = ["Connection"]
+
+
+class Connection:
+    """One registered connection, as ``manager.connect()`` hands it to a handler."""
+
+    __slots__ = ("id", "manager", "user_id", "websocket")
+
+    def __init__(
+        self, manager: RoomManager, connection_id: str, websocket: WebSocket, user_id: str | None
+    ) -> None:
+        self.manager = manager
+        self.id = connection_id
+        self.websocket = websocket
+        self.user_id = user_id
+
+    @property
+    def rooms(self) -> set[str]:
+        return self.manager.get_connection_rooms(self.id)
+
+    async def join(self, room: str, *, meta: Any = None) -> None:
+        """Join ``room``; returns once messages from every node reach it (``JoinRefused``)."""
+        await self.manager.join(self.id, room, meta=meta)
+
+    def leave(self, room: str) -> None:
+        self.manager.leave_room(self.id, room)
+
+    async def broadcast(self, room: str, message: Any, *, exclude_self: bool = False) -> int:
+        """Broadcast to ``room`` (skipping this connection with ``exclude_self``)."""
+        return await self.manager.broadcast_to_room(
+            room, message, exclude=self.id if exclude_self else None
+        )
+
+    async def send(self, message: Any) -> bool:
+        """Hand ``message`` to this connection, in order with broadcasts."""
+        return await self.manager.send_to(self.id, message)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user_id!r} rooms={sorted(self.rooms)}>"
