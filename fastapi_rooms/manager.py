@@ -176,7 +176,7 @@ class RoomManager:
             self._deferred.append((connection_id, ws))
             return
         self._closes[ws.close_code or CloseCode.ABNORMAL] += 1
-        self._discarded += ws._outbound.discarded
+        self._discarded += ws.outbound.discarded
         if ws.close_code == CloseCode.TRY_AGAIN_LATER:
             _log.warning("connection %s closed: its outbound buffer overflowed", connection_id)
         if self._connections.get(connection_id) is ws:
@@ -436,13 +436,13 @@ class RoomManager:
             if exclude is None:
                 targets = tuple(members.values())
                 for ws in targets:
-                    if ws._outbound.offer(event):
+                    if ws.outbound.offer(event):
                         delivered += 1
             else:
                 skip = {exclude} if isinstance(exclude, str) else set(exclude)
                 targets = tuple(ws for cid, ws in members.items() if cid not in skip)
                 for ws in targets:
-                    if ws._outbound.offer(event):
+                    if ws.outbound.offer(event):
                         delivered += 1
         finally:
             self._fanout -= 1
@@ -633,10 +633,10 @@ class RoomManager:
                 self.shutdown_timeout,
             )
         for ws in list(self._sockets):
-            ws._outbound.cancel()
+            ws.outbound.cancel()
         if self.backplane is not None:
             await self.backplane.stop()
-        discarded = sum(ws._outbound.discarded for ws in self._sockets)
+        discarded = sum(ws.outbound.discarded for ws in self._sockets)
         if discarded:
             _log.warning("shutdown: %d buffered message(s) were never delivered", discarded)
 

@@ -133,7 +133,8 @@ class WebSocket(StarletteWebSocket):
         #: "rsgi" when frames go straight to Granian's transport, else "asgi".
         self.transport = "asgi" if handle is None else "rsgi"
         sink = ASGISink(self._send) if handle is None else RSGISink(handle)
-        self._outbound = Outbound(sink, limit=max_buffer, policy=overflow, on_dead=self._dead)
+        #: This connection's outbound queue: the manager hands it broadcast frames.
+        self.outbound = Outbound(sink, limit=max_buffer, policy=overflow, on_dead=self._dead)
         self._accepted = self.application_state is _CONNECTED
         self._closed = False  # no more frames go out
         self._marked = False  # close code recorded and close listeners run
@@ -170,7 +171,7 @@ class WebSocket(StarletteWebSocket):
         adopted._setup(max_message_bytes, max_buffer, overflow, close_timeout)
         if websocket.application_state is _DISCONNECTED or websocket.client_state is _DISCONNECTED:
             adopted._closed = adopted._finished = True
-            adopted._outbound.cancel()
+            adopted.outbound.cancel()
             adopted._mark_closed(CloseCode.ABNORMAL, "closed before it was added")
         return adopted
 
@@ -207,12 +208,12 @@ class WebSocket(StarletteWebSocket):
     @property
     def buffered(self) -> int:
         """Frames waiting in this connection's outbound buffer."""
-        return self._outbound.queued
+        return self.outbound.queued
 
     @property
     def dropped(self) -> int:
         """Frames this connection never received: refused on overflow, or queued at close."""
-        return self._outbound.dropped + self._outbound.discarded
+        return self.outbound.dropped + self.outbound.discarded
 
     def _on_closed(self, key: object, listener: Callable[[WebSocket], None]) -> None:
         """Call ``listener(self)`` once when the connection closes; ``key`` allows removing it."""
@@ -339,7 +340,7 @@ class WebSocket(StarletteWebSocket):
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         try:
-            await self._outbound.send(event)
+            await self.outbound.send(event)
         except ConnectionClosed:
             raise ConnectionClosed(
                 self.close_code or CloseCode.ABNORMAL, self.close_reason
@@ -363,7 +364,7 @@ class WebSocket(StarletteWebSocket):
         except Exception as exc:
             self._finished = True
             self.client_state = _DISCONNECTED
-            self._outbound.cancel()
+            self.outbound.cancel()
             self._mark_closed(CloseCode.ABNORMAL, f"receive failed: {type(exc).__name__}")
             return Message(
                 "error",
@@ -388,7 +389,7 @@ class WebSocket(StarletteWebSocket):
                 code = CloseCode.ABNORMAL  # the server saw no close frame: the connection dropped
             self._finished = True
             self.client_state = _DISCONNECTED
-            self._outbound.cancel()
+            self.outbound.cancel()
             self._mark_closed(code, reason or "")
             return Message("close", code=code, reason=reason or "")
         raise RuntimeError(f"expected 'websocket.receive' or 'websocket.disconnect', got {kind!r}")
@@ -461,7 +462,7 @@ class WebSocket(StarletteWebSocket):
                 self._mark_closed(code, reason)
             return
         self.close_code, self.close_reason = int(code), reason
-        await self._outbound.close(event, self.close_timeout)
+        await self.outbound.close(event, self.close_timeout)
         self.application_state = _DISCONNECTED
         self._mark_closed(code, reason)
 
@@ -501,7 +502,7 @@ class WebSocket(StarletteWebSocket):
     def _abort(self, code: int, reason: str) -> None:
         """Close without waiting: queued frames are dropped (and counted)."""
         if self.application_state is _CONNECTED:
-            self._outbound.abort(code, _clip_reason(reason))
+            self.outbound.abort(code, _clip_reason(reason))
         self._mark_closed(code, reason)
 
     def __repr__(self) -> str:

@@ -284,7 +284,7 @@ async def test_a_socket_that_backs_up_while_corked_frames_go_out_keeps_order() -
         await m.broadcast_to_room("r", f"m{i}")
     assert ws.buffered == 4  # the limit: the policy applies from here, as without corking
     peer.writable.set()
-    await asyncio.wait_for(ws._outbound._inflight or next_pass(), 1)  # the write drains
+    await asyncio.wait_for(ws.outbound._inflight or next_pass(), 1)  # the write drains
     assert peer.texts() == [f"m{i}" for i in range(6)] and ws.buffered == 0
     assert not ws.closed
 
