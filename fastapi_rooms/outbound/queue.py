@@ -238,13 +238,13 @@ class Outbound:
 
     def _done(self, inflight: asyncio.Future[Any]) -> None:
         """A write finished: report it, then write what queued up behind it."""
+        try:
+            exc = inflight.exception()  # retrieved even when abandoned: no "never retrieved"
+        except BaseException as cancelled:  # cancelled (by Granian, or by our cancel())
+            exc = cancelled
         if inflight is not self._inflight:
             return  # abandoned by abort() or cancel()
         waiter, self._inflight, self._waiter = self._waiter, None, None
-        try:
-            exc = inflight.exception()
-        except BaseException as cancelled:  # cancelled (by Granian, or by our cancel())
-            exc = cancelled
         if exc is not None:
             _fail_waiter(waiter)
             self._fail(exc)
