@@ -51,7 +51,7 @@ def json_dumps(value: Any) -> str:
     """
     try:
         text = _encoder.encode(value)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # NaN; a key JSON cannot have (a UUID, a date)
         raise ValueError(f"message is not valid JSON: {exc}") from None
     _check_utf8(text)
     return text

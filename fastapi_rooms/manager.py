@@ -95,6 +95,7 @@ class RoomManager:
         self._closes: Counter[int] = Counter()
         self._fanout = 0  # fan-out passes in progress (a close during one is handled after it)
         self._deferred: list[tuple[str, WebSocket]] = []
+        self._running_deferred = False
         self.authorize_join = authorize_join
         self.max_rooms_per_connection = max_rooms_per_connection
         self.max_room_members = max_room_members
@@ -172,9 +173,12 @@ class RoomManager:
     def _closed(self, connection_id: str, ws: WebSocket) -> None:
         """Close listener of a registered connection: handled after any fan-out in progress,
         so every member sees a room's messages (presence events included) in one order."""
-        if self._fanout:
+        if self._fanout or self._running_deferred:
             self._deferred.append((connection_id, ws))
             return
+        self._forget_closed(connection_id, ws)
+
+    def _forget_closed(self, connection_id: str, ws: WebSocket) -> None:
         self._closes[ws.close_code or CloseCode.ABNORMAL] += 1
         self._discarded += ws.outbound.discarded
         if ws.close_code == CloseCode.TRY_AGAIN_LATER:
@@ -220,7 +224,8 @@ class RoomManager:
         try:
             yield Connection(self, cid, ws, user_id)
         finally:
-            self.remove_connection(cid)
+            if self._connections.get(cid) is ws:  # not a reconnect that reused the id
+                self.remove_connection(cid)
 
     # Rooms --------------------------------------------------------------------------------
 
@@ -448,16 +453,23 @@ class RoomManager:
             self._fanout -= 1
         self._delivered += delivered
         self._dropped += len(targets) - delivered
-        if self._deferred and not self._fanout:
+        if self._deferred and not self._fanout and not self._running_deferred:
             self._run_deferred()
         return delivered
 
     def _run_deferred(self) -> None:
-        """Close listeners that fired during a fan-out pass, now that it is over."""
-        while self._deferred:
-            deferred, self._deferred = self._deferred, []
-            for connection_id, ws in deferred:
-                self._closed(connection_id, ws)
+        """Close listeners that fired during a fan-out pass, now that it is over: one loop,
+        not a recursion (a leave event's fan-out may find more dead members)."""
+        self._running_deferred = True
+        try:
+            while self._deferred:
+                connection_id, ws = self._deferred.pop(0)
+                try:
+                    self._forget_closed(connection_id, ws)
+                except Exception:
+                    _log.exception("removing closed connection %s failed", connection_id)
+        finally:
+            self._running_deferred = False
 
     async def broadcast_to_room(self, room: str, message: Any, *, exclude: Exclude = None) -> int:
         """Hand ``message`` to every member of ``room``; returns how many took it.

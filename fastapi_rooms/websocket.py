@@ -462,9 +462,11 @@ class WebSocket(StarletteWebSocket):
                 self._mark_closed(code, reason)
             return
         self.close_code, self.close_reason = int(code), reason
-        await self.outbound.close(event, self.close_timeout)
-        self.application_state = _DISCONNECTED
-        self._mark_closed(code, reason)
+        try:
+            await self.outbound.close(event, self.close_timeout)
+        finally:  # cancelled meanwhile too: the connection is closed for everyone
+            self.application_state = _DISCONNECTED
+            self._mark_closed(code, reason)
 
     async def reject(self, status: int = 403, reason: str = "") -> None:
         """Refuse the handshake with an HTTP ``status`` (and ``reason`` as a text body).

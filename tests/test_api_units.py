@@ -227,3 +227,54 @@ async def test_a_leave_event_names_the_user_that_left() -> None:
     await next_pass()
     events = [json.loads(t) for t in watcher.texts()]
     assert [(e["event"], e["user_id"]) for e in events] == [("join", "u1"), ("leave", "u1")]
+
+
+async def test_close_behind_a_write_that_fails_returns_at_once() -> None:
+    """A close() queued behind an in-flight write must not wait out its timeout when that
+    write fails: the close and every other waiting sender fail at once."""
+    m = RoomManager()
+    ws, peer = connect(m, "a", close_timeout=30)
+    peer.writable.clear()
+    m.join_room("a", "r")
+    await m.broadcast_to_room("r", "stuck")  # in flight: the socket is paused
+    other = asyncio.ensure_future(ws.send_text("behind"))
+    closing = asyncio.ensure_future(ws.close())
+    await next_pass()
+    peer.fail = OSError("peer gone")
+    peer.writable.set()
+    await asyncio.wait_for(closing, 2)
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(other, 2)
+    assert ws.closed and m.connections == {}
+
+
+async def test_connect_does_not_remove_a_reconnect_that_reused_the_id() -> None:
+    m = RoomManager()
+    old, _ = connect(m, "tmp-old")
+    m.remove_connection("tmp-old")
+    async with m.connect(old, connection_id="alice") as conn:
+        await conn.join("lobby")
+        m.remove_connection("alice")  # the old socket went away; a new one takes the id
+        new, _ = connect(m, "alice")
+        m.join_room("alice", "lobby")
+    assert m.connections == {"alice": new} and m.get_room_connections("lobby") == {"alice"}
+
+
+async def test_a_cascade_of_slow_consumer_closes_leaves_nobody_registered() -> None:
+    """Hundreds of members overflowing one after another while leave events fan out:
+    handled in one loop (no recursion), every closed socket leaves the room."""
+    n = 400
+    limit = n + 5
+    m = RoomManager(max_buffer=limit, presence_events=True)
+    peers = []
+    for k in range(n):
+        ws, peer = connect(m, f"c{k}", max_buffer=limit)
+        peer.writable.clear()  # a client that stopped reading
+        m.join_room(f"c{k}", "r")
+        peers.append(ws)
+    for k, ws in enumerate(peers):  # member k has limit - k frames queued
+        while ws.buffered < limit - k and not ws.closed:
+            ws.outbound.offer({"type": "websocket.send", "text": "x"})
+    await m.broadcast_to_room("r", "boom")
+    assert all(ws.closed for ws in peers)
+    assert m.connections == {} and "r" not in m.rooms

@@ -145,6 +145,8 @@ async def _handle(
         except JoinRefused as exc:
             await websocket.send_text(_error(exc.code, exc.reason))
             return
+        except KeyError:  # closed meanwhile (a slow consumer cut off): nothing to answer
+            return
         except MessageTooBig as exc:
             await websocket.send_text(_error("message_too_big", f"meta too big: {exc}"))
             return

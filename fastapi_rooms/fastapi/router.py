@@ -97,8 +97,9 @@ class _ReadyEndpoint:
                         getattr(route.endpoint, "__qualname__", route.endpoint),
                     )
                     break
-            self._yield_to[key] = found
-        route = self._yield_to[key]
+            if found is not None:  # a route added later is looked for again next time
+                self._yield_to[key] = found
+        route = self._yield_to.get(key)
         if route is not None:
             scope.update(route.matches(scope)[1])
         return route

@@ -359,8 +359,9 @@ class Outbound:
         return inflight
 
     def _fail(self, exc: BaseException) -> None:
-        if self.closed:
-            return
+        """A write failed: every waiter fails now (a close() waiting behind it included)."""
+        was_closed = self.closed
         self._abandon()
         _log.debug("send failed, connection dropped: %r", exc)
-        self._on_dead(CloseCode.ABNORMAL, f"send failed: {type(exc).__name__}")
+        if not was_closed:
+            self._on_dead(CloseCode.ABNORMAL, f"send failed: {type(exc).__name__}")
