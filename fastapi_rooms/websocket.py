@@ -284,12 +284,10 @@ class WebSocket(StarletteWebSocket):
     # Sending ------------------------------------------------------------------------------
 
     def _check_send(self, data: str | bytes) -> None:
-        if self.application_state is not _CONNECTED:
-            if self._closed:
-                raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason)
-            raise RuntimeError("cannot send before accept(): call 'await websocket.accept()' first")
         if self._closed:
             raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason)
+        if self.application_state is not _CONNECTED:
+            raise RuntimeError("cannot send before accept(): call 'await websocket.accept()' first")
         size = oversize(data, self.max_message_bytes)
         if size:
             raise MessageTooBig(size, self.max_message_bytes)

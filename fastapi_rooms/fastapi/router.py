@@ -40,10 +40,6 @@ _MANAGER_PARAM = "fastapi_rooms_manager_"  # the hidden Depends(get_manager) of 
 # Handlers ------------------------------------------------------------------------------------
 
 
-def _ready_handler(websocket: WebSocket, *, manager: RoomManager, limits: Limits) -> Any:
-    return serve_protocol(websocket, manager, limits)
-
-
 class _ReadyEndpoint:
     """The ready endpoint as a raw ASGI app. Not a coroutine itself: it returns the router's
     serve coroutine, so an idle connection holds only that frame and the protocol's. It has
@@ -54,7 +50,7 @@ class _ReadyEndpoint:
 
     def __init__(self, router: RoomsRouter) -> None:
         self._router = router
-        self._yield_to: dict[int, WebSocketRoute | None] = {}  # app id -> the route it yields to
+        self._yield_to: dict[int, WebSocketRoute] = {}  # app id -> the app's route it yields to
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         other = self._user_route(scope)
@@ -79,27 +75,24 @@ class _ReadyEndpoint:
 
     def _user_route(self, scope: Scope) -> WebSocketRoute | None:
         """A WebSocket route registered on the app itself for this path: the user's claim
-        wins over the library's default, whatever the registration order."""
+        wins over the library's default, whatever the registration order. A route found is
+        remembered per app; while none is, each connection looks again (routes may be added)."""
         app = scope.get("app")
-        key = id(app)
-        if key not in self._yield_to:
-            found = None
-            for route in getattr(getattr(app, "router", None), "routes", ()):
+        route = self._yield_to.get(id(app))
+        if route is None:
+            for candidate in getattr(getattr(app, "router", None), "routes", ()):
                 if (
-                    isinstance(route, WebSocketRoute)
-                    and route.endpoint is not self
-                    and route.matches(scope)[0] is Match.FULL
+                    isinstance(candidate, WebSocketRoute)
+                    and candidate.endpoint is not self
+                    and candidate.matches(scope)[0] is Match.FULL
                 ):
-                    found = route
+                    route = self._yield_to[id(app)] = candidate
                     _log.info(
                         "ready endpoint yields %s to %s, registered on the app",
                         scope.get("path"),
-                        getattr(route.endpoint, "__qualname__", route.endpoint),
+                        getattr(candidate.endpoint, "__qualname__", candidate.endpoint),
                     )
                     break
-            if found is not None:  # a route added later is looked for again next time
-                self._yield_to[key] = found
-        route = self._yield_to.get(key)
         if route is not None:
             scope.update(route.matches(scope)[1])
         return route
@@ -284,7 +277,7 @@ class RoomsRouter(APIRouter):
             lifespan = _merge_lifespan_context(lifespan, user_lifespan)
         self.lifespan_context = lifespan
         self.rooms_handlers: list[tuple[str, Handler]] = []
-        self._ready: Handler = _ready_handler
+        self._ready: Handler = serve_protocol  # called with manager= and limits=
         self._ready_path = None if ready_endpoint is None else self.prefix + ready_endpoint
         self._ready_route: Any = None
         self._ready_moved_for: str | None = None

@@ -229,12 +229,16 @@ class Outbound:
         if inflight is None:
             self.sent += 1
             _resolve(waiter)
-            return True
+        else:
+            self._await(inflight, waiter)
+        return True
+
+    def _await(self, inflight: asyncio.Future[Any], waiter: asyncio.Future[None] | None) -> None:
+        """A write goes on: later frames queue behind it until ``_done``."""
         self.busy = True
         self._inflight = inflight
         self._waiter = waiter
         inflight.add_done_callback(self._done)
-        return True
 
     def _done(self, inflight: asyncio.Future[Any]) -> None:
         """A write finished: report it, then write what queued up behind it."""
@@ -292,10 +296,7 @@ class Outbound:
             self.sent += 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self.busy = True
-        self._inflight = inflight
-        self._waiter = waiter
-        inflight.add_done_callback(self._done)
+        self._await(inflight, waiter)
         await waiter
 
     def _overflow(self) -> bool:
