@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Literal
 
 __all__ = [
     "CloseCode",
@@ -57,10 +58,14 @@ class MessageTooBig(RoomsError, ValueError):
         super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
-class JoinRefused(RoomsError, PermissionError):
-    """``join_room`` refused: ``code`` is ``forbidden``, ``too_many_rooms`` or ``room_full``."""
+JoinRefusalCode = Literal["forbidden", "too_many_rooms", "room_full", "unknown_namespace"]
 
-    def __init__(self, code: str, reason: str) -> None:
+
+class JoinRefused(RoomsError, PermissionError):
+    """``join_room`` refused: ``code`` is ``forbidden``, ``too_many_rooms``, ``room_full`` or
+    ``unknown_namespace`` (strict namespaces); ``reason`` says why, for the client."""
+
+    def __init__(self, code: JoinRefusalCode, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason

@@ -10,9 +10,12 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, KeysView, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocket as StarletteWebSocket
+from typing_extensions import Unpack
 
 from .backends import Backend, backend_from_url
 from .backplane import Backplane, Envelope
@@ -20,6 +23,7 @@ from .backplane import encode as encode_envelope
 from .connection import Connection
 from .encoding import Frame, default_max_message_bytes, encode, json_dumps, oversize, room_name
 from .errors import CloseCode, JoinRefused
+from .namespaces import JoinPolicy, Namespace, NamespaceOptions, Namespaces
 from .outbound import Overflow
 from .registry import Registry
 from .websocket import WebSocket
@@ -30,8 +34,6 @@ _log = logging.getLogger("fastapi_rooms")
 
 Exclude = str | Iterable[str] | None
 _UNSET: Any = object()
-#: ``authorize_join(user_id, room)``: True or None allows; False or a reason (str) refuses.
-JoinPolicy = Callable[[str, str], "bool | str | None"]
 
 
 class RoomManager:
@@ -42,6 +44,8 @@ class RoomManager:
     connection has a bounded outbound buffer of ``max_buffer`` frames; ``overflow`` says what
     happens to a member whose buffer is full: ``"close"`` it with 1013 (default) or ``"drop"``
     the frame for it. ``start()`` waits up to ``startup_timeout`` seconds for the backend.
+    ``authorize_join``, ``max_room_members`` and ``presence_events`` are the rules of rooms
+    that match no declared ``namespace()``; ``strict_namespaces=True`` refuses such rooms.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class RoomManager:
         max_rooms_per_connection: int | None = None,
         max_room_members: int | None = None,
         presence_events: bool = False,
+        strict_namespaces: bool = False,
     ) -> None:
         if isinstance(backend, str):
             backend = backend_from_url(backend, prefix=prefix)
@@ -96,10 +101,17 @@ class RoomManager:
         self._fanout = 0  # fan-out passes in progress (a close during one is handled after it)
         self._deferred: list[tuple[str, WebSocket]] = []
         self._running_deferred = False
-        self.authorize_join = authorize_join
         self.max_rooms_per_connection = max_rooms_per_connection
-        self.max_room_members = max_room_members
-        self.presence_events = presence_events
+        #: The declared namespaces and the default for rooms matching none.
+        self.namespaces = Namespaces(
+            Namespace(
+                "*",
+                authorize_join=authorize_join,
+                max_members=max_room_members,
+                presence_events=presence_events,
+            ),
+            strict=strict_namespaces,
+        )
         self.node_ttl = node_ttl
         #: id -> WebSocket, read-only (``.get``, ``len``, ``.items()`` as in Gobstopper's guide).
         self.connections: Mapping[str, WebSocket] = registry.connections_view()
@@ -118,6 +130,42 @@ class RoomManager:
                 directory_ttl=node_ttl,
             )
         )
+
+    # Namespaces ---------------------------------------------------------------------------
+
+    def namespace(self, pattern: str, /, **options: Unpack[NamespaceOptions]) -> Namespace:
+        """Declare a kind of room: ``namespace("chat:{name}", message=ChatMessage)``.
+
+        Options are ``Namespace``'s fields. Rooms take the first declared pattern they match.
+        """
+        return self.namespaces.add(Namespace(pattern, **options))
+
+    @property
+    def authorize_join(self) -> JoinPolicy | None:
+        """The join policy of rooms matching no namespace."""
+        return self.namespaces.default.authorize_join
+
+    @authorize_join.setter
+    def authorize_join(self, policy: JoinPolicy | None) -> None:
+        self.namespaces.default = replace(self.namespaces.default, authorize_join=policy)
+
+    @property
+    def max_room_members(self) -> int | None:
+        """The member limit of rooms matching no namespace."""
+        return self.namespaces.default.max_members
+
+    @max_room_members.setter
+    def max_room_members(self, limit: int | None) -> None:
+        self.namespaces.default = replace(self.namespaces.default, max_members=limit)
+
+    @property
+    def presence_events(self) -> bool:
+        """Whether rooms matching no namespace announce joins and leaves."""
+        return self.namespaces.default.presence_events
+
+    @presence_events.setter
+    def presence_events(self, enabled: bool) -> None:
+        self.namespaces.default = replace(self.namespaces.default, presence_events=enabled)
 
     # Connections --------------------------------------------------------------------------
 
@@ -233,9 +281,10 @@ class RoomManager:
         """Add a registered connection to ``room`` (created on first join).
 
         ``meta`` (JSON-able) is shown in the room's presence. Raises ``JoinRefused`` when
-        ``authorize_join`` refuses the connection's user (or it has none), or a room limit is
-        reached. With a backend, messages from other nodes may take a moment to arrive:
-        ``await join(...)`` returns once they do.
+        the room's namespace refuses the connection's user (or it has none), a room limit is
+        reached, or (strict namespaces) the room matches no namespace. With a backend,
+        messages from other nodes may take a moment to arrive: ``await join(...)`` returns
+        once they do.
         """
         room = room_name(room)
         ws = self._connections.get(connection_id)
@@ -246,8 +295,7 @@ class RoomManager:
             )
         rooms = self._registry.memberships[connection_id]
         new = room not in rooms
-        if new:
-            self._check_join(connection_id, room, len(rooms))
+        namespace = self._check_join(connection_id, room, len(rooms)) if new else None
         # Encode what the join will send before changing anything: a meta that cannot be
         # encoded, or would make the presence event too big, refuses the join cleanly.
         info = (
@@ -257,7 +305,7 @@ class RoomManager:
         )
         announcement = (
             self._presence_frame(room, "join", connection_id, meta)
-            if self.presence_events and new
+            if namespace is not None and namespace.presence_events
             else None
         )
         if self._registry.join(connection_id, room, meta) and self.backplane is not None:
@@ -287,37 +335,19 @@ class RoomManager:
         except asyncio.TimeoutError:
             _log.warning("room %r not yet subscribed on the backend", room)
 
-    def _check_join(self, connection_id: str, room: str, joined: int) -> None:
-        policy = self.authorize_join
-        if policy is not None:
-            user_id = self._registry.user_of.get(connection_id)
-            if user_id is None:
-                raise JoinRefused(
-                    "forbidden", f"room {room!r} needs a signed-in user; this connection has none"
-                )
-            verdict = policy(user_id, room)
-            if not (
-                verdict is True or verdict is None or verdict is False or isinstance(verdict, str)
-            ):
-                # an async policy or a wrong return type: fail closed, loudly
-                close = getattr(verdict, "close", None)
-                if callable(close):
-                    close()  # an un-awaited coroutine: silence its warning
-                raise TypeError(
-                    "authorize_join must return True, None, False or a reason (str), "
-                    f"got {type(verdict).__name__} (async policies are not supported)"
-                )
-            if verdict is False or isinstance(verdict, str):
-                reason = verdict or f"user {user_id!r} may not join room {room!r}"
-                raise JoinRefused("forbidden", reason)
+    def _check_join(self, connection_id: str, room: str, joined: int) -> Namespace:
+        """The room's namespace, once it lets the connection in (JoinRefused otherwise)."""
+        namespace = self.namespaces.require(room)
+        namespace.check_join(self._registry.user_of.get(connection_id), room)
         limit = self.max_rooms_per_connection
         if limit is not None and joined >= limit:
             raise JoinRefused(
                 "too_many_rooms", f"a connection may be in at most {limit} rooms; leave one first"
             )
-        limit = self.max_room_members
+        limit = namespace.max_members
         if limit is not None and len(self._rooms.get(room, ())) >= limit:
             raise JoinRefused("room_full", f"room {room!r} is full ({limit} members)")
+        return namespace
 
     def leave_room(self, connection_id: str, room: str) -> None:
         """Take a connection out of ``room``; the room disappears when empty (idempotent)."""
@@ -333,7 +363,8 @@ class RoomManager:
             if emptied:
                 backplane.unwant(backplane.room_channel(room))
             backplane.presence_remove(room, connection_id)
-        if self.presence_events:
+        namespace = self.namespaces.resolve(room)
+        if namespace is not None and namespace.presence_events:
             try:
                 frame = self._presence_frame(room, "leave", connection_id, meta)
             except (ValueError, TypeError) as exc:  # a meta that fit the join by a byte or two
@@ -475,9 +506,12 @@ class RoomManager:
         """Hand ``message`` to every member of ``room``; returns how many took it.
 
         Returns without waiting for any socket: a member with a full buffer gets the overflow
-        policy. ``exclude`` is an id or ids to skip (for example the sender).
+        policy. ``exclude`` is an id or ids to skip (for example the sender). A Pydantic model
+        sent to a room whose namespace declares a ``message`` type must be valid as that type.
         """
         room = room_name(room)
+        if isinstance(message, BaseModel):
+            message = self._checked(room, message)
         frame = self.encode(message)
         publish = self._remote("room", room, frame, exclude)
         members = self._rooms.get(room)
@@ -485,6 +519,40 @@ class RoomManager:
         if publish is not None:
             await publish()
         return delivered
+
+    async def publish(
+        self, room: str, data: Any, *, sender: str | None = None, exclude: Exclude = None
+    ) -> int:
+        """Send ``data`` to ``room`` as the ready endpoint's ``message`` event.
+
+        ``data`` (a model instance or any JSON-able value) is validated against the room's
+        namespace ``message`` type and encoded once; ``ValidationError`` when it does not fit.
+        ``sender`` is the ``from`` its members see (None: the server). Returns how many took it.
+        """
+        room = room_name(room)
+        namespace = self.namespaces.resolve(room)
+        if namespace is not None and namespace.adapter is not None:
+            data = namespace.validate(data)
+        return await self._publish(room, data, sender, exclude)
+
+    async def _publish(self, room: str, data: Any, sender: str | None, exclude: Exclude) -> int:
+        """The ``message`` event (``protocol.MessageEvent``) of already-validated ``data``."""
+        event = {"type": "message", "room": room, "from": sender, "data": data}
+        return await self.broadcast_to_room(room, event, exclude=exclude)
+
+    def _checked(self, room: str, message: BaseModel) -> Any:
+        """A model sent to ``room``, validated against its namespace's ``message`` type."""
+        namespace = self.namespaces.resolve(room)
+        if namespace is None or namespace.adapter is None:
+            return message
+        try:
+            return namespace.adapter.validate_python(message)
+        except ValidationError as exc:
+            raise ValueError(
+                f"room {room!r} (namespace {namespace.pattern!r}) takes "
+                f"{getattr(namespace.message, '__name__', namespace.message)}, got "
+                f"{type(message).__name__} that does not fit: {exc}"
+            ) from None
 
     async def broadcast_to_all(self, message: Any, *, exclude: Exclude = None) -> int:
         """Hand ``message`` to every registered connection; returns how many took it here.

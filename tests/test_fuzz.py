@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from fastapi_rooms.fastapi.ready import _client_message
+from fastapi_rooms.protocol import client_event
 
 from .conftest import Server, sent_code, server_fixture
 
@@ -80,7 +80,7 @@ def _classify(frame: str | bytes) -> tuple[bool, bool, bool]:
     if isinstance(frame, bytes):
         return False, True, False
     try:
-        request: Any = _client_message.validate_json(frame)
+        request: Any = client_event.validate_json(frame)
     except ValidationError:
         return False, True, False
     return False, False, request.type == "ping"

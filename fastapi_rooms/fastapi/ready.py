@@ -1,71 +1,38 @@
-"""The small JSON protocol of the ready-made WebSocket endpoint (``/ws`` by default).
-
-Client to server: ``{"type": "join", "room": R}``, ``{"type": "leave", "room": R}``,
-``{"type": "publish", "room": R, "data": ANY, "exclude_self": false}``, ``{"type": "ping"}``.
-Server to client: ``welcome`` (with ``connection_id`` and ``node``), ``joined``, ``left``,
-``message`` (``room``, ``from``, ``data``), ``pong`` and ``error`` (``code``, ``message``).
-"""
+"""The ready-made WebSocket endpoint (``/ws`` by default): serves the JSON protocol whose
+events are defined in ``fastapi_rooms.protocol``, under the rules of each room's namespace."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from ..encoding import json_dumps
 from ..errors import CloseCode, ConnectionClosed, JoinRefused, MessageTooBig
 from ..manager import RoomManager
-from ..policy import Limits
+from ..policy import Limits, RateLimiter
+from ..protocol import (
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Ping,
+    Pong,
+    Publish,
+    Welcome,
+    client_event,
+    describe,
+    error_details,
+    event_json,
+)
+from ..protocol import error_json as _error
 from ..websocket import WebSocket
 
-__all__ = ["ClientMessage", "serve_protocol"]
+__all__ = ["serve_protocol"]
 
 _log = logging.getLogger("fastapi_rooms")
-
-RoomName = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Join(_Strict):
-    type: Literal["join"]
-    room: RoomName
-    meta: JsonValue = None  # shown in the room's presence
-
-
-class Leave(_Strict):
-    type: Literal["leave"]
-    room: RoomName
-
-
-class Publish(_Strict):
-    type: Literal["publish"]
-    room: RoomName
-    data: JsonValue
-    exclude_self: bool = False
-
-
-class Ping(_Strict):
-    type: Literal["ping"]
-
-
-ClientMessage = Annotated[Join | Leave | Publish | Ping, Field(discriminator="type")]
-_client_message: TypeAdapter[Join | Leave | Publish | Ping] = TypeAdapter(ClientMessage)
-
-
-def _error(code: str, message: str) -> str:
-    return json_dumps({"type": "error", "code": code, "message": message})
-
-
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in first["loc"]) or "message"
-    return f"{where}: {first['msg']}"
+_PONG = event_json(Pong())
 
 
 async def serve_protocol(
@@ -78,15 +45,11 @@ async def serve_protocol(
     manager.add_connection(connection_id, websocket, user_id=getattr(websocket, "user_id", None))
     bucket = limits.rate_limiter()
     refused = 0  # messages refused in a row by the rate limit
+    user_id = getattr(websocket, "user_id", None)
+    rates: dict[str, RateLimiter] = {}  # namespace pattern -> this connection's publish limiter
     try:
-        welcome: dict[str, Any] = {
-            "type": "welcome",
-            "connection_id": connection_id,
-            "node": manager.node_id,
-        }
-        if getattr(websocket, "user_id", None) is not None:
-            welcome["user_id"] = websocket.user_id
-        await websocket.send_text(json_dumps(welcome))
+        welcome = Welcome(connection_id=connection_id, node=manager.node_id, user_id=user_id)
+        await websocket.send_text(event_json(welcome))
         idle_timeout = limits.idle_timeout
         while True:  # inline, not an async generator: a frame less per idle connection
             if idle_timeout is None:
@@ -119,11 +82,14 @@ async def serve_protocol(
                 )
                 continue
             try:
-                request = _client_message.validate_json(message.data)  # type: ignore[arg-type]
+                request = client_event.validate_json(message.data)  # type: ignore[arg-type]
             except ValidationError as exc:
-                await websocket.send_text(_error("invalid_message", _describe(exc)))
+                await websocket.send_text(_invalid(exc))
                 continue
-            await _handle(request, websocket, connection_id, manager)
+            if isinstance(request, Publish):
+                await _publish(request, websocket, connection_id, user_id, manager, rates)
+            else:
+                await _handle(request, websocket, connection_id, manager)
             # Hold nothing of the last message while idle: it may be large.
             request = message = None  # type: ignore[assignment]
     except ConnectionClosed:
@@ -132,8 +98,13 @@ async def serve_protocol(
         manager.remove_connection(connection_id)
 
 
+def _invalid(exc: ValidationError, *prefix: str | int) -> str:
+    errors = error_details(exc, prefix)
+    return _error("invalid_message", describe(errors), errors)
+
+
 async def _handle(
-    request: Join | Leave | Publish | Ping,
+    request: Join | Leave | Ping,
     websocket: WebSocket,
     connection_id: str,
     manager: RoomManager,
@@ -153,29 +124,64 @@ async def _handle(
         except ValueError as exc:
             await websocket.send_text(_error("invalid_message", f"meta: {exc}"))
             return
-        await websocket.send_text(json_dumps({"type": "joined", "room": request.room}))
+        await websocket.send_text(event_json(Joined(room=request.room)))
     elif isinstance(request, Leave):
         manager.leave_room(connection_id, request.room)
-        await websocket.send_text(json_dumps({"type": "left", "room": request.room}))
-    elif isinstance(request, Publish):
-        if request.room not in manager.get_connection_rooms(connection_id):
+        await websocket.send_text(event_json(Left(room=request.room)))
+    else:
+        await websocket.send_text(_PONG)
+
+
+async def _publish(
+    request: Publish,
+    websocket: WebSocket,
+    connection_id: str,
+    user_id: str | None,
+    manager: RoomManager,
+    rates: dict[str, RateLimiter],
+) -> None:
+    """A client's publish, under its room's namespace: membership, who may publish, the
+    namespace's rate, then its ``message`` type. A refusal answers the sender only."""
+    room = request.room
+    if connection_id not in manager.rooms.get(room, ()):
+        await websocket.send_text(
+            _error("not_in_room", f"join room {room!r} before publishing to it")
+        )
+        return
+    try:
+        namespace = manager.namespaces.require(room)
+    except JoinRefused as exc:  # declared strict after this connection joined
+        await websocket.send_text(_error("unknown_namespace", exc.reason))
+        return
+    refusal = namespace.publish_refusal(user_id, room)
+    if refusal is not None:
+        await websocket.send_text(_error("publish_forbidden", refusal))
+        return
+    if namespace.rate is not None:
+        limiter = rates.get(namespace.pattern)
+        if limiter is None:
+            limiter = rates[namespace.pattern] = RateLimiter(namespace.rate, namespace.burst)
+        if not limiter.allow():
             await websocket.send_text(
-                _error("not_in_room", f"join room {request.room!r} before publishing to it")
+                _error(
+                    "rate_limited",
+                    f"more than {namespace.rate:g} messages a second to rooms "
+                    f"{namespace.pattern!r}: message dropped",
+                )
             )
             return
-        event: dict[str, Any] = {
-            "type": "message",
-            "room": request.room,
-            "from": connection_id,
-            "data": request.data,
-        }
+    data = request.data
+    if namespace.adapter is not None:
         try:
-            await manager.broadcast_to_room(
-                request.room, event, exclude=connection_id if request.exclude_self else None
-            )
-        except MessageTooBig as exc:
-            await websocket.send_text(_error("message_too_big", str(exc)))
-        except ValueError as exc:  # NaN, Infinity: no browser could parse the message
-            await websocket.send_text(_error("invalid_message", f"data: {exc}"))
-    else:
-        await websocket.send_text('{"type":"pong"}')
+            data = namespace.validate(data)
+        except ValidationError as exc:
+            await websocket.send_text(_invalid(exc, "data"))
+            return
+    try:
+        await manager._publish(
+            room, data, connection_id, connection_id if request.exclude_self else None
+        )
+    except MessageTooBig as exc:
+        await websocket.send_text(_error("message_too_big", str(exc)))
+    except ValueError as exc:  # NaN, Infinity: no browser could parse the message
+        await websocket.send_text(_error("invalid_message", f"data: {exc}"))

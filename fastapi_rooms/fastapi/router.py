@@ -14,10 +14,12 @@ from fastapi.routing import APIWebSocketRoute
 from starlette.routing import Match, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket as StarletteWebSocket
+from typing_extensions import Unpack
 
 from ..compat.gobstopper import convert_path
 from ..errors import CloseCode, ConfigurationError, ConnectionClosed
 from ..manager import RoomManager
+from ..namespaces import Namespace, NamespaceOptions
 from ..policy import Limits, _header, client_ip, origin_allowed, user_id_of
 from ..websocket import RSGI_EXTENSION, WebSocket
 from .dependencies import _NOT_STARTED, STATE_KEY, get_manager, manager_for
@@ -298,6 +300,10 @@ class RoomsRouter(APIRouter):
             await AsyncExitStackMiddleware(super().__call__)(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+    def namespace(self, pattern: str, /, **options: Unpack[NamespaceOptions]) -> Namespace:
+        """Declare a kind of room on the router's manager (see ``RoomManager.namespace``)."""
+        return self.manager.namespace(pattern, **options)
 
     def _mark_changed(self) -> None:
         mark = getattr(self, "_mark_routes_changed", None)

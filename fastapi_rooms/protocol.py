@@ -1,0 +1,212 @@
+"""The ready endpoint's JSON protocol as Pydantic models: the one definition of every event.
+
+Client to server: ``join``, ``leave``, ``publish``, ``ping``. Server to client: ``welcome``,
+``joined``, ``left``, ``message``, ``presence``, ``pong``, ``error``. Each is a model with a
+``type`` literal, and ``ClientEvent`` / ``ServerEvent`` are unions discriminated on it. The
+validation, the AsyncAPI document and the docs' protocol table all follow from these models.
+The two events sent per broadcast (``message``, ``presence``) are encoded from plain dicts of
+exactly these fields: building a model per broadcast would cost more than the fan-out.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from .encoding import json_dumps
+
+__all__ = [
+    "ClientEvent",
+    "ErrorCode",
+    "ErrorDetail",
+    "ErrorEvent",
+    "Join",
+    "Joined",
+    "Leave",
+    "Left",
+    "MessageEvent",
+    "Ping",
+    "Pong",
+    "PresenceEvent",
+    "Publish",
+    "ServerEvent",
+    "Welcome",
+    "client_event",
+    "describe",
+    "error_details",
+    "error_json",
+    "event_json",
+]
+
+MAX_ROOM_NAME = 200
+RoomName = Annotated[
+    str, Field(min_length=1, max_length=MAX_ROOM_NAME, description="The room's name.")
+]
+
+#: Every ``code`` an ``error`` event may carry.
+ErrorCode = Literal[
+    "invalid_message",  # not JSON, not a known event, or data failing its namespace's model
+    "rate_limited",  # over the router's or the namespace's message rate: dropped
+    "not_in_room",  # publish to a room the connection has not joined
+    "message_too_big",  # the resulting message would exceed the size limit
+    "forbidden",  # join refused by authorize_join (or no signed-in user)
+    "publish_forbidden",  # the namespace does not let this client publish
+    "too_many_rooms",  # max_rooms_per_connection reached
+    "room_full",  # the room's member limit reached
+    "unknown_namespace",  # strict namespaces: the room matches none
+]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# Client to server ------------------------------------------------------------------------------
+
+
+class Join(_Event):
+    """Join a room; answered by ``joined`` or an ``error``."""
+
+    type: Literal["join"]
+    room: RoomName
+    meta: JsonValue = Field(None, description="Shown to others in the room's presence.")
+
+
+class Leave(_Event):
+    """Leave a room; answered by ``left``."""
+
+    type: Literal["leave"]
+    room: RoomName
+
+
+class Publish(_Event):
+    """Send ``data`` to every member of a room this connection has joined."""
+
+    type: Literal["publish"]
+    room: RoomName
+    data: JsonValue = Field(description="Checked against the room's namespace model, if any.")
+    exclude_self: bool = Field(False, description="Do not echo the message to the sender.")
+
+
+class Ping(_Event):
+    """Answered by ``pong``."""
+
+    type: Literal["ping"]
+
+
+ClientEvent = Annotated[Join | Leave | Publish | Ping, Field(discriminator="type")]
+client_event: TypeAdapter[Join | Leave | Publish | Ping] = TypeAdapter(ClientEvent)
+
+
+# Server to client ------------------------------------------------------------------------------
+
+
+class Welcome(_Event):
+    """First event on every connection."""
+
+    type: Literal["welcome"] = "welcome"
+    connection_id: str
+    node: str = Field(description="The server process (node) holding the connection.")
+    user_id: str | None = Field(None, description="Present when the connection is signed in.")
+
+
+class Joined(_Event):
+    """The join succeeded: messages published on any node now reach this connection."""
+
+    type: Literal["joined"] = "joined"
+    room: str
+
+
+class Left(_Event):
+    type: Literal["left"] = "left"
+    room: str
+
+
+class MessageEvent(_Event):
+    """A message published to a room, by a client (``from`` its id) or the server (null)."""
+
+    type: Literal["message"] = "message"
+    room: str
+    from_: str | None = Field(alias="from", description="The publishing connection's id.")
+    data: JsonValue
+
+
+class PresenceEvent(_Event):
+    """Someone joined or left a room whose namespace has ``presence_events``."""
+
+    type: Literal["presence"] = "presence"
+    event: Literal["join", "leave"]
+    room: str
+    connection_id: str
+    user_id: str | None
+    meta: JsonValue
+
+
+class Pong(_Event):
+    type: Literal["pong"] = "pong"
+
+
+class ErrorDetail(BaseModel):
+    """One validation error, as Pydantic reports it (without the input)."""
+
+    loc: list[str | int] = Field(description="Where in the event: ['data', 'text'].")
+    msg: str
+    type: str
+
+
+class ErrorEvent(_Event):
+    """A request was refused or invalid; the connection stays open."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    errors: list[ErrorDetail] | None = Field(
+        None, description="For invalid_message: Pydantic's errors (at most 20)."
+    )
+
+
+ServerEvent = Annotated[
+    Welcome | Joined | Left | MessageEvent | PresenceEvent | Pong | ErrorEvent,
+    Field(discriminator="type"),
+]
+
+_MAX_ERRORS = 20
+_MAX_LOC_PART = 64
+
+
+def error_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[ErrorDetail]:
+    """Pydantic's errors without the offending input, at most 20, each location part cut to
+    64 characters: a hostile message cannot make its error answer large."""
+    details = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False)[
+        :_MAX_ERRORS
+    ]:
+        loc = [
+            part if isinstance(part, int) else _cut(str(part))
+            for part in (*prefix, *error["loc"])
+        ]
+        details.append(ErrorDetail(loc=loc, msg=_cut(error["msg"], 200), type=error["type"]))
+    return details
+
+
+def _cut(text: str, limit: int = _MAX_LOC_PART) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def event_json(event: BaseModel) -> str:
+    """One server event as wire JSON (``from`` by its alias, ``None`` fields left out)."""
+    return json_dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def error_json(
+    code: ErrorCode, message: str, errors: list[ErrorDetail] | None = None
+) -> str:
+    return event_json(ErrorEvent(code=code, message=message, errors=errors))
+
+
+def describe(errors: list[ErrorDetail]) -> str:
+    """The first error in one line: ``data.text: Field required``."""
+    first = errors[0]
+    where = ".".join(str(part) for part in first.loc) or "message"
+    return f"{where}: {first.msg}"
