@@ -105,7 +105,7 @@ client_event: TypeAdapter[Join | Leave | Publish | Ping] = TypeAdapter(ClientEve
 class Welcome(_Event):
     """First event on every connection."""
 
-    type: Literal["welcome"] = "welcome"
+    type: Literal["welcome"]
     connection_id: str
     node: str = Field(description="The server process (node) holding the connection.")
     user_id: str | None = Field(None, description="Present when the connection is signed in.")
@@ -114,19 +114,19 @@ class Welcome(_Event):
 class Joined(_Event):
     """The join succeeded: messages published on any node now reach this connection."""
 
-    type: Literal["joined"] = "joined"
+    type: Literal["joined"]
     room: str
 
 
 class Left(_Event):
-    type: Literal["left"] = "left"
+    type: Literal["left"]
     room: str
 
 
 class MessageEvent(_Event):
     """A message published to a room, by a client (``from`` its id) or the server (null)."""
 
-    type: Literal["message"] = "message"
+    type: Literal["message"]
     room: str
     from_: str | None = Field(alias="from", description="The publishing connection's id.")
     data: JsonValue
@@ -135,7 +135,7 @@ class MessageEvent(_Event):
 class PresenceEvent(_Event):
     """Someone joined or left a room whose namespace has ``presence_events``."""
 
-    type: Literal["presence"] = "presence"
+    type: Literal["presence"]
     event: Literal["join", "leave"]
     room: str
     connection_id: str
@@ -144,7 +144,7 @@ class PresenceEvent(_Event):
 
 
 class Pong(_Event):
-    type: Literal["pong"] = "pong"
+    type: Literal["pong"]
 
 
 class ErrorDetail(BaseModel):
@@ -158,7 +158,7 @@ class ErrorDetail(BaseModel):
 class ErrorEvent(_Event):
     """A request was refused or invalid; the connection stays open."""
 
-    type: Literal["error"] = "error"
+    type: Literal["error"]
     code: ErrorCode
     message: str
     errors: list[ErrorDetail] | None = Field(
@@ -183,8 +183,7 @@ def error_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> l
         :_MAX_ERRORS
     ]:
         loc = [
-            part if isinstance(part, int) else _cut(str(part))
-            for part in (*prefix, *error["loc"])
+            part if isinstance(part, int) else _cut(str(part)) for part in (*prefix, *error["loc"])
         ]
         details.append(ErrorDetail(loc=loc, msg=_cut(error["msg"], 200), type=error["type"]))
     return details
@@ -199,10 +198,8 @@ def event_json(event: BaseModel) -> str:
     return json_dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
-def error_json(
-    code: ErrorCode, message: str, errors: list[ErrorDetail] | None = None
-) -> str:
-    return event_json(ErrorEvent(code=code, message=message, errors=errors))
+def error_json(code: ErrorCode, message: str, errors: list[ErrorDetail] | None = None) -> str:
+    return event_json(ErrorEvent(type="error", code=code, message=message, errors=errors))
 
 
 def describe(errors: list[ErrorDetail]) -> str:

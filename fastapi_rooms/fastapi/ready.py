@@ -32,7 +32,7 @@ from ..websocket import WebSocket
 __all__ = ["serve_protocol"]
 
 _log = logging.getLogger("fastapi_rooms")
-_PONG = event_json(Pong())
+_PONG = event_json(Pong(type="pong"))
 
 
 async def serve_protocol(
@@ -48,7 +48,9 @@ async def serve_protocol(
     user_id = getattr(websocket, "user_id", None)
     rates: dict[str, RateLimiter] = {}  # namespace pattern -> this connection's publish limiter
     try:
-        welcome = Welcome(connection_id=connection_id, node=manager.node_id, user_id=user_id)
+        welcome = Welcome(
+            type="welcome", connection_id=connection_id, node=manager.node_id, user_id=user_id
+        )
         await websocket.send_text(event_json(welcome))
         idle_timeout = limits.idle_timeout
         while True:  # inline, not an async generator: a frame less per idle connection
@@ -124,10 +126,10 @@ async def _handle(
         except ValueError as exc:
             await websocket.send_text(_error("invalid_message", f"meta: {exc}"))
             return
-        await websocket.send_text(event_json(Joined(room=request.room)))
+        await websocket.send_text(event_json(Joined(type="joined", room=request.room)))
     elif isinstance(request, Leave):
         manager.leave_room(connection_id, request.room)
-        await websocket.send_text(event_json(Left(room=request.room)))
+        await websocket.send_text(event_json(Left(type="left", room=request.room)))
     else:
         await websocket.send_text(_PONG)
 

@@ -11,6 +11,9 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 from fastapi import APIRouter, Depends, params
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.routing import APIWebSocketRoute
+from fastapi.security.base import SecurityBase
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Match, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket as StarletteWebSocket
@@ -22,6 +25,7 @@ from ..manager import RoomManager
 from ..namespaces import Namespace, NamespaceOptions
 from ..policy import Limits, _header, client_ip, origin_allowed, user_id_of
 from ..websocket import RSGI_EXTENSION, WebSocket
+from .asyncapi import HandlerDoc, get_asyncapi, get_asyncapi_html
 from .dependencies import _NOT_STARTED, STATE_KEY, get_manager, manager_for
 from .ready import serve_protocol
 from .rest import add_rest_endpoints
@@ -245,7 +249,9 @@ class RoomsRouter(APIRouter):
 
     ``dependencies=`` apply to every route, WebSocket handlers included, as in any APIRouter;
     ``rest_dependencies=`` to the REST endpoints only. The REST endpoints refuse every call
-    unless one of those protects them or ``insecure_rest=True``.
+    unless one of those protects them or ``insecure_rest=True``. ``asyncapi_url`` serves the
+    AsyncAPI document and ``asyncapi_docs_url`` its page (None turns either off);
+    ``security`` names the schemes ``authenticate`` reads, for that document.
     """
 
     def __init__(
@@ -260,6 +266,9 @@ class RoomsRouter(APIRouter):
         authenticate: Authenticate | None = None,
         allowed_origins: Sequence[str] | None = None,
         limits: Limits | None = None,
+        asyncapi_url: str | None = "/asyncapi.json",
+        asyncapi_docs_url: str | None = "/asyncapi",
+        security: Sequence[SecurityBase] = (),
         **kwargs: Any,
     ) -> None:
         user_lifespan = kwargs.pop("lifespan", None)
@@ -279,6 +288,10 @@ class RoomsRouter(APIRouter):
             lifespan = _merge_lifespan_context(lifespan, user_lifespan)
         self.lifespan_context = lifespan
         self.rooms_handlers: list[tuple[str, Handler]] = []
+        #: What the AsyncAPI document says of each handler (the ready endpoint aside).
+        self.rooms_handler_docs: list[HandlerDoc] = []
+        self.security = tuple(security)
+        self.asyncapi_url = asyncapi_url
         self._ready: Handler = serve_protocol  # called with manager= and limits=
         self._ready_path = None if ready_endpoint is None else self.prefix + ready_endpoint
         self._ready_route: Any = None
@@ -292,6 +305,52 @@ class RoomsRouter(APIRouter):
                 self._open_rest = open_rest
         if ready_endpoint is not None:
             self._add_ready_endpoint(ready_endpoint, authenticate=authenticate is not None)
+        if asyncapi_url is not None:
+            self.add_api_route(
+                asyncapi_url,
+                self._asyncapi,
+                methods=["GET"],
+                include_in_schema=False,
+                name="fastapi_rooms_asyncapi",
+            )
+            if asyncapi_docs_url is not None:
+                self.add_api_route(
+                    asyncapi_docs_url,
+                    self._asyncapi_page,
+                    methods=["GET"],
+                    include_in_schema=False,
+                    name="fastapi_rooms_asyncapi_page",
+                )
+
+    @property
+    def ready_path(self) -> str | None:
+        """The ready endpoint's path (with the prefix), None when it is not mounted."""
+        return None if self._ready_route is None else self._ready_path
+
+    def asyncapi(self, request: Request) -> dict[str, Any]:
+        """The AsyncAPI 3.0 document as served to ``request`` (its host, scheme, root path)."""
+        app = request.scope.get("app")
+        return get_asyncapi(
+            self,
+            title=f"{getattr(app, 'title', None) or 'Rooms'} (WebSockets)",
+            version=str(getattr(app, "version", None) or "0.1.0"),
+            description=getattr(app, "description", None) or None,
+            host=request.headers.get("host") or request.url.netloc,
+            protocol="wss" if request.url.scheme in ("https", "wss") else "ws",
+            root_path=request.scope.get("root_path", ""),
+            security=self.security,
+        )
+
+    async def _asyncapi(self, request: Request) -> JSONResponse:
+        return JSONResponse(self.asyncapi(request))
+
+    async def _asyncapi_page(self, request: Request) -> HTMLResponse:
+        assert self.asyncapi_url is not None
+        app = request.scope.get("app")
+        return get_asyncapi_html(
+            asyncapi_url=request.scope.get("root_path", "") + self.prefix + self.asyncapi_url,
+            title=f"{getattr(app, 'title', None) or 'Rooms'} - AsyncAPI",
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Served as an ASGI app of its own, mounted in a plain Starlette app (no FastAPI app
@@ -320,6 +379,8 @@ class RoomsRouter(APIRouter):
         *,
         dependencies: Sequence[params.Depends] | None = None,
         authenticate: bool = False,
+        receives: Any = None,
+        sends: Any = None,
     ) -> None:
         """Register ``handler(websocket, **path_params)`` at ``path`` (``{x}`` or ``<int:x>``).
 
@@ -327,12 +388,27 @@ class RoomsRouter(APIRouter):
         with ``authenticate=True`` also the router's ``authenticate`` hook (``websocket.user``
         and ``websocket.user_id`` are set when it runs). The router's ``dependencies=`` apply
         first, as in any APIRouter. A handler at the ready endpoint's path replaces it.
+        ``receives``/``sends``: the types (Pydantic models) of what clients send and what the
+        handler sends, for the AsyncAPI document.
         """
         if authenticate and self.authenticate is None:
             raise ValueError(
                 f"{path}: authenticate=True needs create_rooms_router(authenticate=...)"
             )
         self._add_handler(path, handler, name, dependencies, authenticate, ready=False)
+        full_path = self.rooms_handlers[-1][0]
+        _, path_types = convert_path(path)
+        self.rooms_handler_docs.append(
+            HandlerDoc(
+                path=full_path,
+                name=name or str(getattr(handler, "__name__", "handler")),
+                description=inspect.getdoc(handler),
+                params=path_types,
+                receives=receives,
+                sends=sends,
+                authenticate=authenticate,
+            )
+        )
 
     def _add_handler(
         self,
@@ -395,12 +471,20 @@ class RoomsRouter(APIRouter):
         *,
         dependencies: Sequence[params.Depends] | None = None,
         authenticate: bool = False,
+        receives: Any = None,
+        sends: Any = None,
     ) -> Callable[[H], H]:
         """Decorator for a Gobstopper-style handler ``async def handler(websocket, **params)``."""
 
         def decorator(handler: H) -> H:
             self.add_rooms_websocket(
-                path, handler, name, dependencies=dependencies, authenticate=authenticate
+                path,
+                handler,
+                name,
+                dependencies=dependencies,
+                authenticate=authenticate,
+                receives=receives,
+                sends=sends,
             )
             return handler
 
@@ -546,6 +630,9 @@ def create_rooms_router(
     authenticate: Authenticate | None = None,
     allowed_origins: Sequence[str] | None = None,
     limits: Limits | None = None,
+    asyncapi_url: str | None = "/asyncapi.json",
+    asyncapi_docs_url: str | None = "/asyncapi",
+    security: Sequence[SecurityBase] = (),
     **apirouter_kwargs: Any,
 ) -> RoomsRouter:
     """A RoomsRouter with ``manager`` (a new in-process one by default).
@@ -555,6 +642,7 @@ def create_rooms_router(
     WebSockets to unknown paths with 1001. The REST endpoints refuse calls unless
     ``dependencies=`` or ``rest_dependencies=`` protect them, or ``insecure_rest=True``.
     ``authenticate``, ``allowed_origins`` and ``limits``: see the Security docs.
+    ``asyncapi_url``/``asyncapi_docs_url`` serve the AsyncAPI document and its page.
     """
     return RoomsRouter(
         manager,
@@ -567,5 +655,8 @@ def create_rooms_router(
         authenticate=authenticate,
         allowed_origins=allowed_origins,
         limits=limits,
+        asyncapi_url=asyncapi_url,
+        asyncapi_docs_url=asyncapi_docs_url,
+        security=security,
         **apirouter_kwargs,
     )
