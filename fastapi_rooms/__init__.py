@@ -14,6 +14,7 @@ from .fastapi.dependencies import get_manager
 from .fastapi.router import RoomsRouter, create_rooms_router
 from .manager import RoomManager
 from .message import Message
+from .namespaces import Namespace
 from .policy import Limits, RateLimiter
 from .websocket import WebSocket
 
@@ -26,6 +27,7 @@ __all__ = [
     "Limits",
     "Message",
     "MessageTooBig",
+    "Namespace",
     "RateLimiter",
     "RoomManager",
     "RoomsError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -311,3 +312,50 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+# Node tools and the browser ----------------------------------------------------------------------
+
+JS_TOOLS = ROOT / "tests" / "js"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def node_tools() -> Path:
+    """tests/js with its pinned npm packages installed (``npm ci`` when the lock changed).
+
+    Node and npm are required: a machine without them fails these tests, it does not skip."""
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if npm is None or node is None:
+        pytest.fail("Node.js and npm are needed for the AsyncAPI tests (apt-get install nodejs npm)")
+    lock = (JS_TOOLS / "package-lock.json").read_bytes()
+    stamp = JS_TOOLS / "node_modules" / ".fastapi-rooms-lock"
+    digest = hashlib.sha256(lock).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=JS_TOOLS, check=True, timeout=600,
+        )
+        stamp.write_text(digest)
+    return JS_TOOLS
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (or ``CHROMIUM=/path``), or None."""
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser for page tests. Missing in CI: a failure. Missing elsewhere: a loud skip
+    (``python3 dev.py test`` lists these tests and how to install the browser)."""
+    path = chromium_path()
+    if path is None:
+        message = "Chromium not found: sudo apt-get install chromium (or set CHROMIUM=/path)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ASYNCAPI_CSS_URL", "ASYNCAPI_JS_URL", "HandlerDoc", "get_asyncapi", "get_asyncapi_html"]
 
-_COMPONENT = "https://unpkg.com/@asyncapi/react-component@2.6.5"
+_COMPONENT = "https://unpkg.com/@asyncapi/react-component@3.2.1"
 ASYNCAPI_JS_URL = f"{_COMPONENT}/browser/standalone/index.js"
 ASYNCAPI_CSS_URL = f"{_COMPONENT}/styles/default.min.css"
 
@@ -296,8 +296,11 @@ def _key(text: str) -> str:
 
 
 def _keys(patterns: Iterable[str]) -> list[str]:
+    """Component keys for namespaces: ``chat:{name}`` -> ``chat``, unique."""
     seen: dict[str, Any] = {}
-    return [_unique(_key(p), seen, mark=True) for p in patterns]
+    return [
+        _unique(_key(re.sub(r"\{\w+\}", "", p) or p), seen, mark=True) for p in patterns
+    ]
 
 
 def _unique(key: str, taken: dict[str, Any], *, mark: bool = False) -> str:
