@@ -63,7 +63,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from peer_apps import JOINED, payload
+from peer_apps import JOINED, payload, published
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -74,6 +74,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "gather": ("uvicorn", "gather_app"),
     "rooms-granian-rsgi": ("granian-rsgi", "rooms_rsgi_app"),
     "rooms-granian-asgi": ("granian-asgi", "rooms_app"),
+    # The ready protocol's message event (manager.publish), without and with a namespace model.
+    "rooms-publish": ("uvicorn", "rooms_publish_app"),
+    "rooms-model": ("uvicorn", "rooms_model_app"),
     "rooms-granian-rsgi-default-gc": ("granian-rsgi", "rooms_rsgi_default_gc_app"),
     "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
     # Peers (S1): a bare picows server, python-socketio, encode/broadcaster.
@@ -92,6 +95,8 @@ REQUIRES: dict[str, tuple[str, str, str]] = {
     "socketio": ("socketio", "python-socketio", "bench"),
     "broadcaster": ("broadcaster", "broadcaster", "bench"),
 }
+#: Variants whose members receive each payload inside a ``message`` event (fanout_apps.published).
+PUBLISH_VARIANTS = {"rooms-publish", "rooms-model"}
 #: Variants whose members and control speak Socket.IO v4 (over Engine.IO v4, websocket only).
 SOCKETIO_VARIANTS = {"socketio"}
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
@@ -105,6 +110,10 @@ DESCRIPTIONS = {
     "plain": "Starlette/FastAPI, sequential `await ws.send_text(msg)` loop (FastAPI tutorial)",
     "rooms": "fastapi_rooms `await manager.broadcast_to_room(room, msg)`",
     "gather": "Starlette/FastAPI, `asyncio.gather` of `ws.send_text(msg)`",
+    "rooms-publish": "fastapi_rooms `await manager.publish(room, {\"text\": msg})`: the ready "
+    "protocol's message event, JSON-encoded once, no namespace model",
+    "rooms-model": "rooms-publish with `manager.namespace(room, message=Line)`: the data "
+    "validated by a Pydantic model (one str field) and dumped before the fan-out",
     "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)` "
     "under `granian --interface rsgi` (the settings docs/granian.md recommends): native "
     "`transport.send_str` per member (RSGIOutbound)",
@@ -710,7 +719,8 @@ class Session:
         self.client = client
         self.redis_pid = redis_pid
         total = cfg.warmup + cfg.rounds * (cfg.messages + cfg.latency_samples)
-        self.expected = [payload(seq, cfg.size).encode() for seq in range(total)]
+        wire = published if variant in PUBLISH_VARIANTS else str
+        self.expected = [wire(payload(seq, cfg.size)).encode() for seq in range(total)]
         k = len(self.bases)
         self.members = [Member(i * k // cfg.n) for i in range(cfg.n)]
         self.tracker: Tracker | None = None

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field
 from peer_apps import JOINED, ROOM, payload
 
 from fastapi_rooms import RoomManager, create_rooms_router
@@ -130,8 +131,22 @@ def _plain(concurrent: bool) -> FastAPI:
 # Rooms: fastapi_rooms --------------------------------------------------------------------------
 
 
-def _rooms(backend: str | None = None, prefix: str = "fastapi_rooms") -> FastAPI:
+class Line(BaseModel):
+    """The namespace model of ``rooms_model_app``: the payload as a validated field."""
+
+    text: str = Field(max_length=1_000_000)
+
+
+def _rooms(
+    backend: str | None = None, prefix: str = "fastapi_rooms", publish: str | None = None
+) -> FastAPI:
+    """``publish``: None broadcasts the payload as it is; "event" sends it as the ready
+    protocol's ``message`` event (``manager.publish``), "model" the same with a namespace
+    model on the room (validated, then delivered); the wire of both is
+    ``peer_apps.published(msg)``."""
     manager = RoomManager(backend, prefix=prefix)
+    if publish == "model":
+        manager.namespace(ROOM, message=Line)
     router = create_rooms_router(manager, insecure_rest=True)  # benchmark: GET /stats read openly
 
     @router.websocket("/members/{cid}")
@@ -151,6 +166,8 @@ def _rooms(backend: str | None = None, prefix: str = "fastapi_rooms") -> FastAPI
             manager.remove_connection(cid)
 
     async def broadcast(message: str) -> int:
+        if publish is not None:
+            return await manager.publish(ROOM, {"text": message})
         return await manager.broadcast_to_room(ROOM, message)
 
     app = FastAPI()
@@ -172,6 +189,8 @@ def _rooms(backend: str | None = None, prefix: str = "fastapi_rooms") -> FastAPI
 plain_app = _plain(concurrent=False)
 gather_app = _plain(concurrent=True)
 rooms_app = _rooms()
+rooms_publish_app = _rooms(publish="event")
+rooms_model_app = _rooms(publish="model")
 # The documented production settings for RSGI (fewer and shorter full GCs, see docs/granian.md);
 # they are process-wide, and each server is its own process.
 rooms_rsgi_app = RSGIApp(rooms_app, freeze_gc=True, gc_threshold=50_000)

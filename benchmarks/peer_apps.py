@@ -47,6 +47,13 @@ def payload(seq: int, size: int) -> str:
     return head + "x" * (size - len(head))
 
 
+def published(message: str) -> str:
+    """``message`` as the ready protocol's ``message`` event from the server (compact JSON),
+    as members of the rooms-publish and rooms-model variants receive it."""
+    event = {"type": "message", "room": ROOM, "from": None, "data": {"text": message}}
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
 def parse_burst(command: list[str]) -> tuple[int, int, int]:
     start, count, size = (int(x) for x in command[1:4])
     return start, count, size
