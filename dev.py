@@ -8,12 +8,16 @@
 Each command creates .venv and installs the package with its extras when pyproject.toml changed.
 The floor job runs a few test files in .venv-floor against the lowest supported FastAPI,
 Starlette and Pydantic; FASTAPI_ROOMS_SKIP_FLOOR=1 skips it (CI always runs it).
+The AsyncAPI tests run Node (npm ci in tests/js when its lock changes) and drive Debian's
+chromium; without chromium (apt-get install chromium) the page test is skipped, loudly, except
+in CI, where .ci/run installs it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -69,9 +73,31 @@ def ensure_floor_env() -> None:
     FLOOR_STAMP.write_text(digest)
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+BROWSER_TESTS = ("tests/test_asyncapi.py::test_the_page_renders_channels_and_messages_in_chromium",)
+
+
+def browser_missing() -> bool:
+    """True (after saying so loudly) when Chromium is missing; CI cannot go on without it."""
+    if os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser"):
+        return False
+    if in_ci():
+        sys.exit("CI needs Chromium for the browser tests: apt-get install chromium (.ci/run does)")
+    bar = "!" * 78
+    tests = "\n".join(f"    {t}" for t in BROWSER_TESTS)
+    print(
+        f"{bar}\nChromium is not installed: these browser tests will NOT run (skipped):\n"
+        f"{tests}\nInstall it with: sudo apt-get install chromium (or set CHROMIUM=/path)\n{bar}",
+        flush=True,
+    )
+    return True
+
+
 def floor() -> None:
-    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    if os.environ.get("FASTAPI_ROOMS_SKIP_FLOOR") == "1" and not in_ci:
+    if os.environ.get("FASTAPI_ROOMS_SKIP_FLOOR") == "1" and not in_ci():
         print("== floor: skipped (FASTAPI_ROOMS_SKIP_FLOOR=1) ==", flush=True)
         return
     ensure_floor_env()
@@ -88,7 +114,12 @@ def test(args: list[str]) -> None:
     run(PY, "-m", "ruff", "check", ".")
     run(PY, "-m", "mypy")
     run(PY, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(VENV / "site"))
-    run(PY, "-m", "pytest", *args)
+    no_browser = browser_missing()
+    try:
+        run(PY, "-m", "pytest", *args)
+    finally:
+        if no_browser:
+            browser_missing()  # again, after the test output
     floor()
 
 

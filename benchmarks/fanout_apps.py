@@ -42,8 +42,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, Field
 from peer_apps import JOINED, ROOM, payload
+from pydantic import BaseModel, Field
 
 from fastapi_rooms import RoomManager, create_rooms_router
 from fastapi_rooms.rsgi import RSGIApp

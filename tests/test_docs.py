@@ -334,3 +334,53 @@ def test_mkdocs_nav_lists_every_page() -> None:
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for page in DOCS.glob("*.md"):
         assert f" {page.name}" in config, f"mkdocs.yml nav does not list {page.name}"
+
+
+def test_namespaces_sample_validates_refuses_and_publishes(
+    tmp_path: Path, loaded: list[str]
+) -> None:
+    """The Namespaces page's app: a typed chat room, a server-only ticker, a protected POST."""
+    app = load(only_app("namespaces.md"), tmp_path).app
+    with TestClient(app) as client, client.websocket_connect("/ws?user=carol") as ws:
+        assert ws.receive_json()["type"] == "welcome"
+        ws.send_json({"type": "join", "room": "chat:lobby"})
+        assert ws.receive_json() == {"type": "joined", "room": "chat:lobby"}
+        ws.send_json({"type": "publish", "room": "chat:lobby", "data": {"reply_to": 1}})
+        error = ws.receive_json()
+        assert error["code"] == "invalid_message"
+        assert error["errors"][0]["loc"] == ["data", "text"]
+        ws.send_json({"type": "publish", "room": "chat:lobby", "data": {"text": "hi"}})
+        message = ws.receive_json()
+        assert message["data"] == {"text": "hi", "reply_to": None}
+        ws.send_json({"type": "join", "room": "ticker:AAPL"})
+        assert ws.receive_json()["type"] == "joined"
+        ws.send_json({"type": "publish", "room": "ticker:AAPL", "data": {"price": 1}})
+        assert ws.receive_json()["code"] == "publish_forbidden"
+        assert client.post("/prices/AAPL", json={"price": 2}).status_code == 422  # no token
+        response = client.post("/prices/AAPL", json={"price": 2}, headers=ADMIN)
+        assert response.json() == {"delivered": 1}
+        assert ws.receive_json()["data"] == {"price": 2.0, "volume": 0}
+        ws.send_json({"type": "join", "room": "news:launch"})
+        assert ws.receive_json()["type"] == "joined"
+        ws.send_json({"type": "publish", "room": "news:launch", "data": "hello"})
+        assert ws.receive_json() == {
+            "type": "error",
+            "code": "publish_forbidden",
+            "message": "only staff announce",
+        }
+
+
+def test_the_quickstart_names_every_event_and_error_code_of_the_protocol() -> None:
+    """The docs' protocol table follows the models: every event type and error code is in it."""
+    from typing import get_args
+
+    from fastapi_rooms import protocol
+
+    quickstart = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    section = quickstart[quickstart.index("## The ready endpoint") :]
+    models = [*get_args(get_args(protocol.ClientEvent)[0]),
+              *get_args(get_args(protocol.ServerEvent)[0])]
+    types = [get_args(model.model_fields["type"].annotation)[0] for model in models]
+    missing = [t for t in types if f'"type": "{t}"' not in section]
+    missing += [c for c in get_args(protocol.ErrorCode) if f"`{c}`" not in section]
+    assert not missing, f"quickstart.md's ready endpoint section does not name {missing}"

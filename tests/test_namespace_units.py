@@ -1,0 +1,163 @@
+"""Namespaces in-process: patterns, matching, options, policies, server-side validation.
+
+The same behaviour over real servers is in tests/test_namespaces.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, get_type_hints
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from fastapi_rooms import ConfigurationError, JoinRefused, Namespace, RoomManager
+from fastapi_rooms.namespaces import NamespaceOptions
+
+from .test_manager import connect, next_pass
+
+pytestmark = pytest.mark.anyio
+
+
+class Chat(BaseModel):
+    text: str
+
+
+class Other(BaseModel):
+    value: int
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "not_matching"),
+    [
+        ("chat:{name}", ["chat:lobby", "chat:a b", "chat:ünï"], ["chat:", "chat:a:b", "xchat:a"]),
+        ("game:{id}:team:{team}", ["game:1:team:red"], ["game:1:team:", "game:1"]),
+        ("lobby", ["lobby"], ["lobby2", "lobb", ""]),
+        ("a.b*c(d)", ["a.b*c(d)"], ["aXb*c(d)", "a.bbc(d)"]),  # literal characters, not regex
+        ("*", ["anything", "x:y:z"], [""]),
+        ("{any}", ["one"], ["a:b"]),
+    ],
+)
+def test_patterns_match_what_they_say(
+    pattern: str, matching: list[str], not_matching: list[str]
+) -> None:
+    namespace = Namespace(pattern)
+    assert [room for room in matching if not namespace.matches(room)] == []
+    assert [room for room in not_matching if namespace.matches(room)] == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "complaint"),
+    [
+        ("chat:{", "unmatched brace"),
+        ("chat:}", "unmatched brace"),
+        ("chat:{}", "not an identifier"),
+        ("chat:{a b}", "not an identifier"),
+        ("{a}:{a}", "repeats"),
+        ("", "non-empty"),
+    ],
+)
+def test_a_bad_pattern_is_refused_when_declared(pattern: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        Namespace(pattern)
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"publish": "everyone"}, "publish should be"),
+        ({"max_members": 0}, "max_members"),
+        ({"rate": 0}, "rate should be"),
+        ({"burst": 0}, "burst should be"),
+    ],
+)
+def test_bad_options_are_refused_when_declared(options: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        Namespace("x:{y}", **options)
+
+
+def test_the_options_typed_dict_lists_every_namespace_field() -> None:
+    fields = {f.name for f in dataclasses.fields(Namespace) if f.init} - {"pattern"}
+    assert set(get_type_hints(NamespaceOptions)) == fields
+
+
+def test_the_first_declared_match_wins_and_unmatched_rooms_take_the_defaults() -> None:
+    manager = RoomManager(presence_events=True, max_room_members=3)
+    specific = manager.namespace("chat:vip", publish="nobody")
+    general = manager.namespace("chat:{name}")
+    assert manager.namespaces.resolve("chat:vip") is specific
+    assert manager.namespaces.resolve("chat:x") is general
+    default = manager.namespaces.resolve("lobby")
+    assert default is manager.namespaces.default
+    assert default is not None and default.presence_events and default.max_members == 3
+    with pytest.raises(ConfigurationError, match="declared twice"):
+        manager.namespace("chat:{name}")
+
+
+def test_the_managers_default_options_are_the_default_namespace() -> None:
+    manager = RoomManager()
+    manager.presence_events = True
+    manager.max_room_members = 1
+    manager.authorize_join = lambda user, room: room != "secret"
+    default = manager.namespaces.default
+    assert default.presence_events and default.max_members == 1
+    assert default.authorize_join is manager.authorize_join
+
+
+async def test_strict_namespaces_refuse_unmatched_joins_naming_the_patterns() -> None:
+    manager = RoomManager(strict_namespaces=True)
+    manager.namespace("chat:{name}")
+    connect(manager, "c1")
+    with pytest.raises(JoinRefused) as refused:
+        manager.join_room("c1", "lobby")
+    assert refused.value.code == "unknown_namespace"
+    assert "'chat:{name}'" in refused.value.reason
+    manager.join_room("c1", "chat:lobby")
+    assert manager.get_connection_rooms("c1") == {"chat:lobby"}
+
+
+def test_policies_allow_refuse_and_fail_closed() -> None:
+    namespace = Namespace("vip:{x}", publish=lambda user, room: user == "alice" or None)
+    assert namespace.publish_refusal("alice", "vip:1") is None
+    assert namespace.publish_refusal("bob", "vip:1") is None  # None allows, as documented
+    refusing = Namespace("vip:{x}", publish=lambda user, room: False)
+    assert refusing.publish_refusal("bob", "vip:1") == "user 'bob' may not publish to room 'vip:1'"
+    assert refusing.publish_refusal(None, "vip:1") == (
+        "anonymous connections may not publish to room 'vip:1'"
+    )
+    assert Namespace("t:{x}", publish="nobody").publish_refusal("bob", "t:1") == (
+        "room 't:1' takes messages from the server only"
+    )
+
+    async def async_policy(user: str | None, room: str) -> bool:
+        return True
+
+    broken = Namespace("a:{x}", publish=async_policy)
+    with pytest.raises(TypeError, match="async policies are not supported"):
+        broken.publish_refusal("bob", "a:1")
+    joining = Namespace("a:{x}", authorize_join=lambda user, room: "members only")
+    with pytest.raises(JoinRefused, match="members only"):
+        joining.check_join("bob", "a:1")
+    with pytest.raises(JoinRefused, match="needs a signed-in user"):
+        joining.check_join(None, "a:1")
+
+
+async def test_server_side_publish_and_broadcast_are_checked_against_the_namespace() -> None:
+    manager = RoomManager()
+    manager.namespace("chat:{name}", message=Chat)
+    _, peer = connect(manager, "c1")
+    manager.join_room("c1", "chat:a")
+    assert await manager.publish("chat:a", Chat(text="hi")) == 1
+    assert await manager.publish("chat:a", {"text": "dict is validated too"}) == 1
+    with pytest.raises(ValidationError):
+        await manager.publish("chat:a", {"txt": "typo"})
+    with pytest.raises(ValueError, match="takes Chat, got Other"):
+        await manager.broadcast_to_room("chat:a", Other(value=1))
+    assert await manager.broadcast_to_room("chat:a", Chat(text="raw")) == 1
+    assert await manager.broadcast_to_room("lobby", Other(value=1)) == 0  # no namespace: as is
+    await next_pass()  # corked frames go out at the end of the loop's pass
+    assert peer.texts() == [
+        '{"type":"message","room":"chat:a","from":null,"data":{"text":"hi"}}',
+        '{"type":"message","room":"chat:a","from":null,"data":{"text":"dict is validated too"}}',
+        '{"text":"raw"}',
+    ]
