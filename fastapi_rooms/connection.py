@@ -42,6 +42,13 @@ class Connection:
             room, message, exclude=self.id if exclude_self else None
         )
 
+    async def publish(self, room: str, data: Any, *, exclude_self: bool = False) -> int:
+        """``data`` to ``room`` as the ready protocol's ``message`` event from this connection,
+        validated against the room's namespace type (``RoomManager.publish``)."""
+        return await self.manager.publish(
+            room, data, sender=self.id, exclude=self.id if exclude_self else None
+        )
+
     async def send(self, message: Any) -> bool:
         """Hand ``message`` to this connection, in order with broadcasts."""
         return await self.manager.send_to(self.id, message)

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from fastapi_rooms import ConfigurationError, JoinRefused, Namespace, RoomManager
 from fastapi_rooms.namespaces import NamespaceOptions
+from fastapi_rooms.websocket import WebSocket
 
-from .test_manager import connect, next_pass
+from .test_manager import FakePeer, connect, next_pass
 
 pytestmark = pytest.mark.anyio
 
@@ -154,9 +155,19 @@ async def test_server_side_publish_and_broadcast_are_checked_against_the_namespa
     with pytest.raises(ValueError, match="takes Chat, got Other"):
         await manager.broadcast_to_room("chat:a", Other(value=1))
     assert await manager.broadcast_to_room("chat:a", Chat(text="raw")) == 1
+    ws = WebSocket({"type": "websocket", "path": "/t"}, FakePeer().receive, FakePeer().send,
+                   accepted=True)
+    async with manager.connect(ws) as conn:
+        manager.join_room(conn.id, "chat:a")
+        assert await conn.publish("chat:a", {"text": "from a connection"}, exclude_self=True) == 1
+        with pytest.raises(ValidationError):
+            await conn.publish("chat:a", 42)
     assert await manager.broadcast_to_room("lobby", Other(value=1)) == 0  # no namespace: as is
     await next_pass()  # corked frames go out at the end of the loop's pass
-    assert peer.texts() == [
+    assert peer.texts()[3:] == [
+        f'{{"type":"message","room":"chat:a","from":"{conn.id}","data":{{"text":"from a connection"}}}}'
+    ]
+    assert peer.texts()[:3] == [
         '{"type":"message","room":"chat:a","from":null,"data":{"text":"hi"}}',
         '{"type":"message","room":"chat:a","from":null,"data":{"text":"dict is validated too"}}',
         '{"text":"raw"}',
