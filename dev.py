@@ -36,7 +36,12 @@ FLOOR_PY = FLOOR_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
 FLOOR_STAMP = FLOOR_VENV / ".fastapi-rooms-installed"
 FLOOR_PINS = ("fastapi==0.137.0", "starlette==0.46.0", "pydantic==2.9.*")
 FLOOR_TOOLS = ("uvicorn[standard]", "websockets", "httpx", "pytest", "anyio")
-FLOOR_TESTS = ("tests/test_router.py", "tests/test_manager.py", "tests/test_floor.py")
+FLOOR_TESTS = (
+    "tests/test_router.py",
+    "tests/test_manager.py",
+    "tests/test_floor.py",
+    "tests/test_namespace_units.py",
+)
 
 
 def run(*cmd: str | Path, **kwargs: object) -> None:

@@ -545,14 +545,15 @@ class RoomManager:
         namespace = self.namespaces.resolve(room)
         if namespace is None or namespace.adapter is None:
             return message
-        try:
-            return namespace.adapter.validate_python(message)
+        try:  # its fields, not the instance (which Pydantic would take as it is)
+            namespace.adapter.validate_python(message.model_dump())
         except ValidationError as exc:
             raise ValueError(
                 f"room {room!r} (namespace {namespace.pattern!r}) takes "
                 f"{getattr(namespace.message, '__name__', namespace.message)}, got "
                 f"{type(message).__name__} that does not fit: {exc}"
             ) from None
+        return message
 
     async def broadcast_to_all(self, message: Any, *, exclude: Exclude = None) -> int:
         """Hand ``message`` to every registered connection; returns how many took it here.

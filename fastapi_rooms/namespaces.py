@@ -9,16 +9,24 @@ ready endpoint ask the room's namespace, they keep no option of their own.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from .errors import ConfigurationError, JoinRefused
 
-__all__ = ["JoinPolicy", "Namespace", "NamespaceOptions", "Namespaces", "PublishPolicy"]
+__all__ = [
+    "JoinPolicy",
+    "Namespace",
+    "NamespaceOptions",
+    "Namespaces",
+    "PublishPolicy",
+    "ecma_pattern",
+]
 
 #: ``authorize_join(user_id, room)``: True or None allows; False or a reason (str) refuses.
 JoinPolicy = Callable[[str, str], "bool | str | None"]
@@ -30,35 +38,62 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    """``chat:{name}`` -> a regex; ``{x}`` matches one or more characters other than ``:``;
-    ``*`` alone matches every room."""
+def _parse(pattern: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The literal parts of ``pattern`` and, for each placeholder, its name and the characters
+    it may not contain: ``:`` and the first character of the literal after it (so matching a
+    room name never backtracks). ConfigurationError for a malformed pattern."""
     if not isinstance(pattern, str) or not pattern:
         raise ConfigurationError(f"a namespace pattern should be a non-empty str, got {pattern!r}")
-    if pattern == "*":
-        return re.compile(r".+\Z", re.DOTALL)
-    parts: list[str] = []
-    names: set[str] = set()
-    end = 0
-    for match in _PLACEHOLDER.finditer(pattern):
-        name = match.group(1)
-        if not _IDENTIFIER.match(name) or name in names:
-            what = "repeats" if name in names else "is not an identifier"
-            raise ConfigurationError(
-                f"namespace pattern {pattern!r}: placeholder {{{name}}} {what}; "
-                "write placeholders as {name}, each name once"
-            )
-        names.add(name)
-        parts.append(re.escape(pattern[end : match.start()]))
-        parts.append(f"(?P<{name}>[^:]+)")
-        end = match.end()
-    if any("{" in p or "}" in p for p in _PLACEHOLDER.split(pattern)[::2]):
+    pieces = _PLACEHOLDER.split(pattern)
+    literals, names = pieces[::2], pieces[1::2]
+    if any("{" in p or "}" in p for p in literals):
         raise ConfigurationError(
             f"namespace pattern {pattern!r} has an unmatched brace; "
             "placeholders look like chat:{name}"
         )
-    parts.append(re.escape(pattern[end:]))
+    placeholders: list[tuple[str, str]] = []
+    for i, name in enumerate(names):
+        if not _IDENTIFIER.match(name) or name in names[:i]:
+            what = "repeats" if name in names[:i] else "is not an identifier"
+            raise ConfigurationError(
+                f"namespace pattern {pattern!r}: placeholder {{{name}}} {what}; "
+                "write placeholders as {name}, each name once"
+            )
+        after = literals[i + 1]
+        if not after and i + 1 < len(names):
+            raise ConfigurationError(
+                f"namespace pattern {pattern!r}: placeholders {{{name}}} and "
+                f"{{{names[i + 1]}}} need a literal between them"
+            )
+        placeholders.append((name, ":" if not after or after[0] == ":" else ":" + after[0]))
+    return literals, placeholders
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """``chat:{name}`` -> a regex; ``{x}`` matches one or more characters other than ``:``
+    (and the character that follows it in the pattern); ``*`` alone matches every room."""
+    if pattern == "*":
+        return re.compile(r".+\Z", re.DOTALL)
+    literals, placeholders = _parse(pattern)
+    parts = [re.escape(literals[0])]
+    for (name, excluded), literal in zip(placeholders, literals[1:], strict=True):
+        parts.append(f"(?P<{name}>[^{re.escape(excluded)}]+)")
+        parts.append(re.escape(literal))
     return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def ecma_pattern(pattern: str) -> str:
+    """The same pattern as an ECMA-262 regex (JSON Schema's dialect), for documents."""
+    if pattern == "*":
+        return r"^[\s\S]+$"
+    literals, placeholders = _parse(pattern)
+    escape = functools.partial(re.sub, r"([.*+?^${}()|\[\]\\/])", r"\\\1")
+    in_class = functools.partial(re.sub, r"([\]\\^-])", r"\\\1")
+    parts = [escape(literals[0])]
+    for (_, excluded), literal in zip(placeholders, literals[1:], strict=True):
+        parts.append(f"[^{in_class(excluded)}]+")
+        parts.append(escape(literal))
+    return "^" + "".join(parts) + "$"
 
 
 def _verdict(policy: Callable[..., Any], what: str, *args: Any) -> str | None:
@@ -142,6 +177,8 @@ class Namespace:
         adapter = self.adapter
         if adapter is None:
             return data
+        if isinstance(data, BaseModel):  # Pydantic does not revalidate instances by default
+            data = data.model_dump()
         return adapter.dump_python(adapter.validate_python(data), mode="json")
 
     def check_join(self, user_id: str | None, room: str) -> None:
@@ -195,9 +232,13 @@ class Namespaces:
         self._declared: list[Namespace] = []
 
     def add(self, namespace: Namespace) -> Namespace:
+        shape = _PLACEHOLDER.sub("{}", namespace.pattern)
         for other in self._declared:
-            if other.pattern == namespace.pattern:
-                raise ConfigurationError(f"namespace {namespace.pattern!r} is declared twice")
+            if _PLACEHOLDER.sub("{}", other.pattern) == shape:
+                raise ConfigurationError(
+                    f"namespace {namespace.pattern!r} is declared twice (as {other.pattern!r}): "
+                    "the second could never match"
+                )
         self._declared.append(namespace)
         return namespace
 

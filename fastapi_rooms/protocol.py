@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, Valid
 from .encoding import json_dumps
 
 __all__ = [
+    "MAX_ROOM_NAME",
     "ClientEvent",
     "ErrorCode",
     "ErrorDetail",
@@ -173,18 +174,21 @@ ServerEvent = Annotated[
 
 _MAX_ERRORS = 20
 _MAX_LOC_PART = 64
+_LOC_HEAD, _LOC_TAIL = 8, 4  # a deeper location keeps its first 8 and last 4 parts
 
 
 def error_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[ErrorDetail]:
-    """Pydantic's errors without the offending input, at most 20, each location part cut to
-    64 characters: a hostile message cannot make its error answer large."""
+    """Pydantic's errors without the offending input: at most 20, each location at most 13
+    parts of at most 64 characters, so a hostile message cannot make its answer large."""
     details = []
     for error in exc.errors(include_url=False, include_context=False, include_input=False)[
         :_MAX_ERRORS
     ]:
-        loc = [
+        loc: list[str | int] = [
             part if isinstance(part, int) else _cut(str(part)) for part in (*prefix, *error["loc"])
         ]
+        if len(loc) > _LOC_HEAD + _LOC_TAIL:
+            loc = [*loc[:_LOC_HEAD], "…", *loc[-_LOC_TAIL:]]
         details.append(ErrorDetail(loc=loc, msg=_cut(error["msg"], 200), type=error["type"]))
     return details
 

@@ -17,6 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.security import APIKeyQuery
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from fastapi_rooms import create_rooms_router
+from fastapi_rooms.fastapi.asyncapi import get_asyncapi_html
 
 from .conftest import Server, running, server_fixture
 from .helpers import WAIT
@@ -205,3 +212,41 @@ def test_the_page_renders_channels_and_messages_in_chromium(
         finally:
             browser.close()
     assert errors == []
+
+
+class Publish(BaseModel):
+    """A user model named like a protocol model: Pydantic renames both in the document."""
+
+    body: str
+
+
+def test_prefixes_name_clashes_and_hostile_urls(node_tools: Path, tmp_path: Path) -> None:
+    """In-process (TestClient): an include_router prefix, a user model called ``Publish``,
+    two security schemes of one class, and an AsyncAPI URL that tries to end the script."""
+    rooms = create_rooms_router(
+        authenticate=lambda ws: "u",
+        security=[APIKeyQuery(name="token"), APIKeyQuery(name="key")],
+    )
+    rooms.namespace("posts:{id}", message=Publish)
+
+    @rooms.websocket("/feed/{topic}", sends=Publish)
+    async def feed(websocket: Any, topic: str) -> None:
+        await websocket.accept()
+
+    app = FastAPI()
+    app.include_router(rooms, prefix="/rt")
+    with TestClient(app) as client:
+        document = client.get("/rt/asyncapi.json").json()
+        page = client.get("/rt/asyncapi").text
+    assert '"url": "/rt/asyncapi.json"' in page
+    assert document["channels"]["rooms"]["address"] == "/rt/ws"
+    assert document["channels"]["feed"]["address"] == "/rt/feed/{topic}"
+    assert set(document["components"]["securitySchemes"]) == {"APIKeyQuery", "APIKeyQuery_2"}
+    assert validate(node_tools, document, tmp_path)["valid"]
+    html = get_asyncapi_html(asyncapi_url="/x</script><script>alert(1)//", title="<t>").body
+    assert b"</script><script>alert" not in html and b"<title>&lt;t&gt;</title>" in html
+    off = FastAPI()
+    off.include_router(create_rooms_router(asyncapi_url=None))  # no document: no page either
+    with TestClient(off) as client:
+        assert client.get("/asyncapi.json").status_code == 404
+        assert client.get("/asyncapi").status_code == 404

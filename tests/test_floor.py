@@ -40,3 +40,36 @@ async def test_late_handler_and_the_apps_own_ws_route_on_a_real_server(
         assert await asyncio.wait_for(ws.recv(), 10) == "late 3"
     async with connect(f"{server.ws}/ws") as ws:
         assert str(await asyncio.wait_for(ws.recv(), 10)).startswith("app handler")
+
+
+def test_namespaces_and_the_asyncapi_document_on_the_oldest_pydantic() -> None:
+    """JSON Schema generation and validation through TypeAdapter as the floor Pydantic has it."""
+    from pydantic import BaseModel
+
+    class Line(BaseModel):
+        text: str
+
+    rooms = create_rooms_router(insecure_rest=True)
+    rooms.namespace("chat:{name}", message=Line)
+
+    @rooms.websocket("/echo/{n}", receives=Line, sends=Line)
+    async def echo(websocket: WebSocket, n: int) -> None:
+        await websocket.accept()
+
+    app = FastAPI()
+    app.include_router(rooms)
+    with TestClient(app) as client:
+        document = client.get("/asyncapi.json").json()
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json()["type"] == "welcome"
+            ws.send_json({"type": "join", "room": "chat:a"})
+            assert ws.receive_json()["type"] == "joined"
+            ws.send_json({"type": "publish", "room": "chat:a", "data": {"txt": 1}})
+            assert ws.receive_json()["errors"][0]["loc"] == ["data", "text"]
+            ws.send_json({"type": "publish", "room": "chat:a", "data": {"text": "hi"}})
+            assert ws.receive_json()["data"] == {"text": "hi"}
+    assert document["asyncapi"] == "3.0.0"
+    assert document["components"]["schemas"]["Line"]["required"] == ["text"]
+    assert "publish.chat" in document["channels"]["rooms"]["messages"]
+    parameters = document["channels"]["echo"]["parameters"]
+    assert parameters == {"n": {"description": "Path parameter (int)."}}

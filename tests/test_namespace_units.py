@@ -56,6 +56,7 @@ def test_patterns_match_what_they_say(
         ("chat:{a b}", "not an identifier"),
         ("{a}:{a}", "repeats"),
         ("", "non-empty"),
+        ("{a}{b}", "need a literal between them"),
     ],
 )
 def test_a_bad_pattern_is_refused_when_declared(pattern: str, complaint: str) -> None:
@@ -93,6 +94,8 @@ def test_the_first_declared_match_wins_and_unmatched_rooms_take_the_defaults() -
     assert default is not None and default.presence_events and default.max_members == 3
     with pytest.raises(ConfigurationError, match="declared twice"):
         manager.namespace("chat:{name}")
+    with pytest.raises(ConfigurationError, match=r"declared twice \(as 'chat:\{name\}'\)"):
+        manager.namespace("chat:{other}")  # the same rooms under another placeholder name
 
 
 def test_the_managers_default_options_are_the_default_namespace() -> None:
@@ -172,3 +175,20 @@ async def test_server_side_publish_and_broadcast_are_checked_against_the_namespa
         '{"type":"message","room":"chat:a","from":null,"data":{"text":"dict is validated too"}}',
         '{"text":"raw"}',
     ]
+
+
+def test_a_placeholder_stops_at_the_literal_after_it_so_matching_never_backtracks() -> None:
+    namespace = Namespace("g:{a}.{b}.{c}")
+    assert namespace.regex.match("g:1.2.3") is not None
+    assert namespace.regex.match("g:1.2.3")["c"] == "3"  # type: ignore[index]
+    assert not namespace.matches("g:" + "a." * 100 + ":")  # linear: no catastrophic backtrack
+
+
+async def test_a_constructed_instance_is_validated_by_its_fields() -> None:
+    manager = RoomManager()
+    manager.namespace("chat:{name}", message=Chat)
+    unchecked = Chat.model_construct(text=12345)  # skips validation: a wrong type inside
+    with pytest.raises(ValidationError):
+        await manager.publish("chat:a", unchecked)
+    with pytest.raises(ValueError, match="does not fit"):
+        await manager.broadcast_to_room("chat:a", unchecked)

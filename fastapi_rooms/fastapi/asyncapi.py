@@ -20,8 +20,9 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 from starlette.responses import HTMLResponse
 
-from ..namespaces import Namespace
+from ..namespaces import Namespace, ecma_pattern
 from ..protocol import (
+    MAX_ROOM_NAME,
     ErrorEvent,
     Join,
     Joined,
@@ -56,7 +57,13 @@ _SERVER_EVENTS: tuple[type[BaseModel], ...] = (
     Pong,
     ErrorEvent,
 )
-_REPLIES = {"join": ("joined", "error"), "leave": ("left",), "ping": ("pong",)}
+#: Client events and what may answer them (a publish is answered only when it is refused).
+_REPLIES = {
+    "join": ("joined", "error"),
+    "leave": ("left",),
+    "ping": ("pong",),
+    "publish": ("error",),
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,8 @@ class HandlerDoc:
     name: str
     description: str | None
     params: dict[str, type[Any]]
-    receives: Any  # the type of what the handler receives from a client, or None
-    sends: Any  # the type of what it sends, or None
+    receives: TypeAdapter[Any] | None  # what the handler receives from a client
+    sends: TypeAdapter[Any] | None  # what it sends
     authenticate: bool
 
 
@@ -85,9 +92,11 @@ def get_asyncapi(
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0 document (a dict) of ``router``, its manager's namespaces and handlers.
 
-    ``host`` and ``protocol`` (``ws`` or ``wss``) name the server; ``security`` lists the
-    FastAPI security schemes (``HTTPBearer()``, ``APIKeyQuery(name="token")``, ...) that
-    describe what the router's ``authenticate`` hook reads.
+    ``host`` and ``protocol`` (``ws`` or ``wss``) name the server; ``root_path`` is what comes
+    before the router's own paths (the app's root path, an ``include_router`` prefix);
+    ``security`` lists the FastAPI security schemes (``HTTPBearer()``,
+    ``APIKeyQuery(name="token")``, ...) that describe what ``authenticate`` reads: they are
+    documented here, not enforced.
     """
     namespaces = list(router.manager.namespaces)
     strict = router.manager.namespaces.strict
@@ -107,13 +116,19 @@ def get_asyncapi(
             ("out", doc.sends, "serialization"),
         ):
             if kind is not None:
-                inputs.append((f"h{direction}:{i}", mode, TypeAdapter(kind).core_schema))
+                inputs.append((f"h{direction}:{i}", mode, kind.core_schema))
     generator = GenerateJsonSchema(ref_template=_SCHEMAS)
     mapping, defs = generator.generate_definitions(
         [(key, mode, core) for key, mode, core in inputs]
     )
     schema_of = {key: _asyncapi_schema(value) for (key, _mode), value in mapping.items()}
     schemas: dict[str, Any] = {name: _asyncapi_schema(value) for name, value in defs.items()}
+    # Pydantic renames a model whose name is taken twice: look the protocol's up by reference.
+    name_of = {
+        key: value["$ref"].rsplit("/", 1)[1]
+        for (key, _mode), value in mapping.items()
+        if isinstance(value, dict) and "$ref" in value
+    }
 
     messages: dict[str, Any] = {}
     for model in (*_CLIENT_EVENTS, *_SERVER_EVENTS):
@@ -123,12 +138,18 @@ def get_asyncapi(
     message_keys = ["message"] if not strict else []
     for key, ns in zip(keys, namespaces, strict=True):
         about = ns.description or f"Rooms named {ns.pattern!r}."
-        room = {"type": "string", "pattern": _ecma_pattern(ns), "description": about}
+        room = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ROOM_NAME,
+            "pattern": ecma_pattern(ns.pattern),
+            "description": about,
+        }
         data_in = schema_of.get(f"in:{key}", {})
         data_out = schema_of.get(f"out:{key}", {})
         if ns.publish != "nobody":
             name = f"publish.{key}"
-            schemas[f"Publish_{key}"] = _narrowed(schemas["Publish"], room, data_in)
+            schemas[f"Publish_{key}"] = _narrowed(schemas[name_of["Publish"]], room, data_in)
             messages[name] = _message(
                 name,
                 f"Publish to a room of namespace {ns.pattern!r}. {_publish_rule(ns)}",
@@ -136,7 +157,7 @@ def get_asyncapi(
             )
             publish_keys.append(name)
         name = f"message.{key}"
-        schemas[f"MessageEvent_{key}"] = _narrowed(schemas["MessageEvent"], room, data_out)
+        schemas[f"MessageEvent_{key}"] = _narrowed(schemas[name_of["MessageEvent"]], room, data_out)
         messages[name] = _message(
             name,
             f"A message in a room of namespace {ns.pattern!r}.",
@@ -146,9 +167,10 @@ def get_asyncapi(
     if strict:  # no generic publish or message: every room belongs to a namespace
         messages.pop("publish")
         messages.pop("message")
-        schemas.pop("Publish", None)
+        schemas.pop(name_of["Publish"], None)
 
-    scheme_names = [_scheme_name(s) for s in security]
+    taken: dict[str, Any] = {}
+    scheme_names = [_unique(_scheme_name(s), taken, mark=True) for s in security]
     ready_security = scheme_names if router.authenticate is not None else []
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -167,6 +189,8 @@ def get_asyncapi(
         if publish_keys:
             operations["receivePublish"] = _operation(True, _READY, publish_keys, ready_security)
         for key, replies in _REPLIES.items():
+            if _operation_id(key, True) not in operations:
+                continue
             operations[_operation_id(key, True)]["reply"] = {
                 "channel": {"$ref": f"#/channels/{_READY}"},
                 "messages": [{"$ref": f"#/channels/{_READY}/messages/{r}"} for r in replies],
@@ -282,15 +306,6 @@ def _publish_rule(ns: Namespace) -> str:
     return "A server policy decides who may publish."
 
 
-def _ecma_pattern(ns: Namespace) -> str:
-    """The namespace's pattern as an ECMA-262 regex (JSON Schema's dialect)."""
-    if ns.pattern == "*":
-        return "^.+$"
-    parts = re.split(r"\{\w+\}", ns.pattern)
-    escaped = [re.sub(r"([.*+?^${}()|\[\]\\/])", r"\\\1", part) for part in parts]
-    return "^" + "[^:]+".join(escaped) + "$"
-
-
 def _key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "x"
 
@@ -355,7 +370,12 @@ def get_asyncapi_html(
         "schema": {"url": asyncapi_url, "options": {"method": "GET"}},
         "config": {"show": {"sidebar": True}},
     }
-    script = json.dumps(config).replace("</", "<\\/")
+    script = (
+        json.dumps(config)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>

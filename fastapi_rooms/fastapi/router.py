@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, params
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.routing import APIWebSocketRoute
 from fastapi.security.base import SecurityBase
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Match, WebSocketRoute
@@ -250,7 +251,8 @@ class RoomsRouter(APIRouter):
     ``dependencies=`` apply to every route, WebSocket handlers included, as in any APIRouter;
     ``rest_dependencies=`` to the REST endpoints only. The REST endpoints refuse every call
     unless one of those protects them or ``insecure_rest=True``. ``asyncapi_url`` serves the
-    AsyncAPI document and ``asyncapi_docs_url`` its page (None turns either off);
+    AsyncAPI document and ``asyncapi_docs_url`` its page (None turns either off; without the
+    document there is no page, as FastAPI's ``openapi_url=None`` turns off ``/docs``);
     ``security`` names the schemes ``authenticate`` reads, for that document.
     """
 
@@ -292,6 +294,8 @@ class RoomsRouter(APIRouter):
         self.rooms_handler_docs: list[HandlerDoc] = []
         self.security = tuple(security)
         self.asyncapi_url = asyncapi_url
+        self.asyncapi_docs_url = asyncapi_docs_url
+        self._asyncapi_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._ready: Handler = serve_protocol  # called with manager= and limits=
         self._ready_path = None if ready_endpoint is None else self.prefix + ready_endpoint
         self._ready_route: Any = None
@@ -327,28 +331,53 @@ class RoomsRouter(APIRouter):
         """The ready endpoint's path (with the prefix), None when it is not mounted."""
         return None if self._ready_route is None else self._ready_path
 
-    def asyncapi(self, request: Request) -> dict[str, Any]:
-        """The AsyncAPI 3.0 document as served to ``request`` (its host, scheme, root path)."""
+    def asyncapi(self, request: Request, *, root_path: str | None = None) -> dict[str, Any]:
+        """The AsyncAPI 3.0 document as served to ``request``: its host and scheme, and
+        ``root_path`` before the router's paths (default: the request's root path)."""
+        if root_path is None:
+            root_path = request.scope.get("root_path", "")
         app = request.scope.get("app")
-        return get_asyncapi(
-            self,
-            title=f"{getattr(app, 'title', None) or 'Rooms'} (WebSockets)",
-            version=str(getattr(app, "version", None) or "0.1.0"),
-            description=getattr(app, "description", None) or None,
-            host=request.headers.get("host") or request.url.netloc,
-            protocol="wss" if request.url.scheme in ("https", "wss") else "ws",
-            root_path=request.scope.get("root_path", ""),
-            security=self.security,
-        )
+        host = request.headers.get("host") or request.url.netloc
+        protocol = "wss" if request.url.scheme in ("https", "wss") else "ws"
+        namespaces = self.manager.namespaces
+        key = (id(app), host, protocol, root_path, len(namespaces), namespaces.strict,
+               len(self.rooms_handler_docs), self.ready_path)  # fmt: skip
+        document = self._asyncapi_cache.get(key)
+        if document is None:
+            if len(self._asyncapi_cache) >= 32:  # hosts are the client's to choose
+                self._asyncapi_cache.clear()
+            document = self._asyncapi_cache[key] = get_asyncapi(
+                self,
+                title=f"{getattr(app, 'title', None) or 'Rooms'} (WebSockets)",
+                version=str(getattr(app, "version", None) or "0.1.0"),
+                description=getattr(app, "description", None) or None,
+                host=host,
+                protocol=protocol,
+                root_path=root_path,
+                security=self.security,
+            )
+        return document
+
+    def _mounted_at(self, request: Request, own: str) -> str:
+        """What precedes the router's own paths, from the path this request came in on (the
+        root path, an include_router prefix)."""
+        path = request.url.path
+        own = self.prefix + own
+        return path[: -len(own)] if path.endswith(own) else request.scope.get("root_path", "")
 
     async def _asyncapi(self, request: Request) -> JSONResponse:
-        return JSONResponse(self.asyncapi(request))
+        assert self.asyncapi_url is not None
+        return JSONResponse(
+            self.asyncapi(request, root_path=self._mounted_at(request, self.asyncapi_url))
+        )
 
     async def _asyncapi_page(self, request: Request) -> HTMLResponse:
         assert self.asyncapi_url is not None
+        assert self.asyncapi_docs_url is not None
         app = request.scope.get("app")
+        mounted_at = self._mounted_at(request, self.asyncapi_docs_url)
         return get_asyncapi_html(
-            asyncapi_url=request.scope.get("root_path", "") + self.prefix + self.asyncapi_url,
+            asyncapi_url=mounted_at + self.prefix + self.asyncapi_url,
             title=f"{getattr(app, 'title', None) or 'Rooms'} - AsyncAPI",
         )
 
@@ -389,7 +418,7 @@ class RoomsRouter(APIRouter):
         and ``websocket.user_id`` are set when it runs). The router's ``dependencies=`` apply
         first, as in any APIRouter. A handler at the ready endpoint's path replaces it.
         ``receives``/``sends``: the types (Pydantic models) of what clients send and what the
-        handler sends, for the AsyncAPI document.
+        handler sends, for the AsyncAPI document (documented, not validated).
         """
         if authenticate and self.authenticate is None:
             raise ValueError(
@@ -398,14 +427,19 @@ class RoomsRouter(APIRouter):
         self._add_handler(path, handler, name, dependencies, authenticate, ready=False)
         full_path = self.rooms_handlers[-1][0]
         _, path_types = convert_path(path)
+        try:
+            hints = get_type_hints(handler)
+        except Exception:  # unresolvable annotations: the path's own types
+            hints = {}
+        params = {name: hints.get(name, kind) for name, kind in path_types.items()}
         self.rooms_handler_docs.append(
             HandlerDoc(
                 path=full_path,
                 name=name or str(getattr(handler, "__name__", "handler")),
                 description=inspect.getdoc(handler),
-                params=path_types,
-                receives=receives,
-                sends=sends,
+                params=params,
+                receives=None if receives is None else TypeAdapter(receives),
+                sends=None if sends is None else TypeAdapter(sends),
                 authenticate=authenticate,
             )
         )

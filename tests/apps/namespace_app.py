@@ -2,7 +2,8 @@
 
 - ``app``: ``chat:{name}`` (a model, presence events), ``ticker:{symbol}`` (server-only),
   ``vip:{name}`` (a publish policy), ``slow:{name}`` (a publish rate), ``duo:{name}`` (two
-  members); other rooms follow the defaults. ``?user=`` names the user. ``POST /tick/{symbol}``
+  members), ``nums:{name}`` (``list[int]``), ``tree:{name}`` (a recursive model); other rooms
+  follow the defaults. ``?user=`` names the user. ``POST /tick/{symbol}``
   publishes a model from the server; ``POST /wrong-model/{symbol}`` sends the wrong one.
   ``/ws/echo/<int:n>`` is a Gobstopper-style handler declaring its payloads; ``/self-hosted``
   renders the AsyncAPI page from the AsyncAPI React component under ``ASYNCAPI_ASSETS``.
@@ -32,6 +33,13 @@ class ChatMessage(BaseModel):
 
     text: str = Field(min_length=1, max_length=500)
     reply_to: int | None = None
+
+
+class Tree(BaseModel):
+    """A recursive model: its errors can sit hundreds of levels deep."""
+
+    leaf: int | None = None
+    children: dict[str, Tree] = {}
 
 
 class Tick(BaseModel):
@@ -65,6 +73,8 @@ def make_app(strict: bool = False) -> FastAPI:
         rooms.namespace("vip:{name}", publish=only_alice)
         rooms.namespace("slow:{name}", rate=0.001, burst=1)
         rooms.namespace("duo:{name}", max_members=2)
+        rooms.namespace("nums:{name}", message=list[int])
+        rooms.namespace("tree:{name}", message=Tree)
 
     @rooms.websocket("/ws/echo/<int:n>", receives=ChatMessage, sends=ChatMessage)
     async def echo(websocket: Any, n: int) -> None:
