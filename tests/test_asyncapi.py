@@ -87,7 +87,7 @@ def test_the_document_describes_the_protocol_namespaces_and_handlers(server: Ser
     assert schemas["ErrorEvent"]["properties"]["code"]["enum"][0] == "invalid_message"
     publish_refs = {m["$ref"].rsplit("/", 1)[1] for m in operations["receivePublish"]["messages"]}
     assert publish_refs == {"publish", "publish.chat", "publish.vip", "publish.slow",
-                            "publish.duo"}
+                            "publish.duo", "publish.nums", "publish.tree"}
     assert operations["receiveJoin"]["action"] == "receive"
     assert {m["$ref"] for m in operations["receiveJoin"]["reply"]["messages"]} == {
         "#/channels/rooms/messages/joined",
@@ -195,7 +195,7 @@ def test_the_page_renders_channels_and_messages_in_chromium(
             # the component's error panel lists the parser's complaints, if any
             assert page.locator("#asyncapi section.border-red-500").count() == 0, page.content()
             for selector in (
-                "#operation-receive-receivePublish",
+                '[id$="-receivePublish"]',  # with a reply, the component says "reply"
                 "#operation-send-sendMessage",
                 "#operation-receive-receiveEcho",
                 "#operation-send-sendEcho",
