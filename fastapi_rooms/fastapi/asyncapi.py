@@ -147,23 +147,15 @@ def get_asyncapi(
         }
         data_in = schema_of.get(f"in:{key}", {})
         data_out = schema_of.get(f"out:{key}", {})
+        where = f"a room of namespace {ns.pattern!r}"
+        components = (schemas, messages, key, room)
         if ns.publish != "nobody":
-            name = f"publish.{key}"
-            schemas[f"Publish_{key}"] = _narrowed(schemas[name_of["Publish"]], room, data_in)
-            messages[name] = _message(
-                name,
-                f"Publish to a room of namespace {ns.pattern!r}. {_publish_rule(ns)}",
-                {"$ref": _SCHEMAS.format(model=f"Publish_{key}")},
-            )
-            publish_keys.append(name)
-        name = f"message.{key}"
-        schemas[f"MessageEvent_{key}"] = _narrowed(schemas[name_of["MessageEvent"]], room, data_out)
-        messages[name] = _message(
-            name,
-            f"A message in a room of namespace {ns.pattern!r}.",
-            {"$ref": _SCHEMAS.format(model=f"MessageEvent_{key}")},
-        )
-        message_keys.append(name)
+            summary = f"Publish to {where}. {_publish_rule(ns)}"
+            base = schemas[name_of["Publish"]]
+            publish_keys.append(_typed(components, "publish", "Publish", base, data_in, summary))
+        base = schemas[name_of["MessageEvent"]]
+        summary = f"A message in {where}."
+        message_keys.append(_typed(components, "message", "MessageEvent", base, data_out, summary))
     if strict:  # no generic publish or message: every room belongs to a namespace
         messages.pop("publish")
         messages.pop("message")
@@ -224,6 +216,23 @@ def get_asyncapi(
             name: _security_scheme(s) for name, s in zip(scheme_names, security, strict=True)
         }
     return document
+
+
+def _typed(
+    components: tuple[dict[str, Any], dict[str, Any], str, dict[str, Any]],
+    event: str,
+    model: str,
+    base: dict[str, Any],
+    data: Any,
+    summary: str,
+) -> str:
+    """A namespace's variant of a protocol event (its room pattern, its data type) added to
+    the components as ``<event>.<namespace key>``; returns that message's key."""
+    schemas, messages, key, room = components
+    name, schema = f"{event}.{key}", f"{model}_{key}"
+    schemas[schema] = _narrowed(base, room, data)
+    messages[name] = _message(name, summary, {"$ref": _SCHEMAS.format(model=schema)})
+    return name
 
 
 def _add_handler(
