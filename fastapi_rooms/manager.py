@@ -102,7 +102,6 @@ class RoomManager:
         self._deferred: list[tuple[str, WebSocket]] = []
         self._running_deferred = False
         self.max_rooms_per_connection = max_rooms_per_connection
-        #: The declared namespaces and the default for rooms matching none.
         self.namespaces = Namespaces(
             Namespace(
                 "*",
@@ -112,13 +111,14 @@ class RoomManager:
             ),
             strict=strict_namespaces,
         )
+        """The declared namespaces and the default for rooms matching none."""
         self.node_ttl = node_ttl
-        #: id -> WebSocket, read-only (``.get``, ``len``, ``.items()`` as in Gobstopper's guide).
         self.connections: Mapping[str, WebSocket] = registry.connections_view()
-        #: room -> set-like view of connection ids, read-only.
+        """id -> WebSocket, read-only (``.get``, ``len``, ``.items()`` as in Gobstopper's guide)."""
         self.rooms: Mapping[str, KeysView[str]] = registry.rooms_view()
-        #: This process's id among the nodes sharing the backend.
+        """room -> set-like view of connection ids, read-only."""
         self.node_id = node_id or uuid.uuid4().hex[:12]
+        """This process's id among the nodes sharing the backend."""
         self.backplane: Backplane | None = (
             None
             if backend is None

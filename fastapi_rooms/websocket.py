@@ -94,8 +94,8 @@ class WebSocket(StarletteWebSocket):
     set on it (``websocket.user = user``).
     """
 
-    #: Set by the router's ``authenticate`` hook (absent otherwise).
     user_id: str | None
+    """Set by the router's ``authenticate`` hook (absent otherwise)."""
 
     def __init__(
         self,
@@ -130,11 +130,11 @@ class WebSocket(StarletteWebSocket):
         )
         self.close_timeout = close_timeout
         handle = scope.get("extensions", {}).get(RSGI_EXTENSION)
-        #: "rsgi" when frames go straight to Granian's transport, else "asgi".
         self.transport = "asgi" if handle is None else "rsgi"
+        """``"rsgi"`` when frames go straight to Granian's transport, else ``"asgi"``."""
         sink = ASGISink(self._send) if handle is None else RSGISink(handle)
-        #: This connection's outbound queue: the manager hands it broadcast frames.
         self.outbound = Outbound(sink, limit=max_buffer, policy=overflow, on_dead=self._dead)
+        """This connection's outbound queue: the manager hands it broadcast frames."""
         self._accepted = self.application_state is _CONNECTED
         self._closed = False  # no more frames go out
         self._marked = False  # close code recorded and close listeners run

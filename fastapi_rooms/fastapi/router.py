@@ -290,8 +290,8 @@ class RoomsRouter(APIRouter):
             lifespan = _merge_lifespan_context(lifespan, user_lifespan)
         self.lifespan_context = lifespan
         self.rooms_handlers: list[tuple[str, Handler]] = []
-        #: What the AsyncAPI document says of each handler (the ready endpoint aside).
         self.rooms_handler_docs: list[HandlerDoc] = []
+        """What the AsyncAPI document says of each handler (the ready endpoint aside)."""
         self.security = tuple(security)
         self.asyncapi_url = asyncapi_url
         self.asyncapi_docs_url = asyncapi_docs_url
