@@ -528,10 +528,13 @@ class RoomManager:
         ``data`` (a model instance or any JSON-able value) is validated against the room's
         namespace ``message`` type and encoded once; ``ValidationError`` when it does not fit.
         ``sender`` is the ``from`` its members see (None: the server). Returns how many took it.
+        With strict namespaces, a room matching none is a ValueError.
         """
         room = room_name(room)
         namespace = self.namespaces.resolve(room)
-        if namespace is not None and namespace.adapter is not None:
+        if namespace is None:
+            raise ValueError(f"room {room!r} matches no namespace, and namespaces are strict")
+        if namespace.adapter is not None:
             data = namespace.validate(data)
         return await self._publish(room, data, sender, exclude)
 

@@ -233,11 +233,27 @@ def test_prefixes_name_clashes_and_hostile_urls(node_tools: Path, tmp_path: Path
     async def feed(websocket: Any, topic: str) -> None:
         await websocket.accept()
 
+    tenant = create_rooms_router(prefix="/t/{tenant}", ready_endpoint=None)
+
+    @tenant.websocket("/live/<int:n>")
+    async def live(websocket: Any, tenant: str, n: int) -> None:
+        await websocket.accept()
+
     app = FastAPI()
     app.include_router(rooms, prefix="/rt")
     with TestClient(app) as client:
         document = client.get("/rt/asyncapi.json").json()
         page = client.get("/rt/asyncapi").text
+    tenant_app = FastAPI()
+    tenant_app.include_router(tenant)
+    with TestClient(tenant_app) as client:
+        tenant_document = client.get("/t/acme/asyncapi.json").json()
+    assert tenant_document["channels"]["live"]["address"] == "/t/{tenant}/live/{n}"
+    assert tenant_document["channels"]["live"]["parameters"] == {
+        "tenant": {"description": "Path parameter (str)."},
+        "n": {"description": "Path parameter (int)."},
+    }
+    assert validate(node_tools, tenant_document, tmp_path)["valid"]
     assert '"url": "/rt/asyncapi.json"' in page
     assert document["channels"]["rooms"]["address"] == "/rt/ws"
     assert document["channels"]["feed"]["address"] == "/rt/feed/{topic}"

@@ -118,6 +118,8 @@ async def test_strict_namespaces_refuse_unmatched_joins_naming_the_patterns() ->
     assert "'chat:{name}'" in refused.value.reason
     manager.join_room("c1", "chat:lobby")
     assert manager.get_connection_rooms("c1") == {"chat:lobby"}
+    with pytest.raises(ValueError, match="matches no namespace"):
+        await manager.publish("lobby", {"text": "nobody could be there"})
 
 
 def test_policies_allow_refuse_and_fail_closed() -> None:

@@ -168,7 +168,7 @@ def get_asyncapi(
     operations: dict[str, Any] = {}
     if router.ready_path is not None:
         channels[_READY] = {
-            "address": root_path + router.ready_path,
+            **_channel(root_path + router.ready_path, {}),
             "title": "Rooms",
             "description": (
                 "The ready-made endpoint: join rooms, publish to them, receive their messages "
@@ -246,15 +246,11 @@ def _add_handler(
     messages: dict[str, Any],
 ) -> None:
     channel_id = _unique(_key(doc.name), channels)
-    address = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", root_path + doc.path)
-    channel: dict[str, Any] = {"address": address, "messages": {}}
+    channel: dict[str, Any] = _channel(root_path + doc.path, doc.params)
+    channel["messages"] = {}
+    address = channel["address"]
     if doc.description:
         channel["description"] = doc.description
-    if doc.params:
-        channel["parameters"] = {
-            name: {"description": f"Path parameter ({getattr(kind, '__name__', kind)})."}
-            for name, kind in doc.params.items()
-        }
     channels[channel_id] = channel
     security = scheme_names if doc.authenticate else []
     for direction, client in (("in", True), ("out", False)):
@@ -267,6 +263,21 @@ def _add_handler(
         channel["messages"][key] = {"$ref": f"#/components/messages/{key}"}
         op = _unique(_operation_id(channel_id, client), operations)
         operations[op] = _operation(client, channel_id, [key], security)
+
+
+def _channel(path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A channel's address (Starlette convertors dropped) and a parameter for every
+    placeholder in it, those of a router prefix (``/t/{tenant}``) included."""
+    address = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
+    channel: dict[str, Any] = {"address": address}
+    names = re.findall(r"\{(\w+)\}", address)
+    if names:
+        kinds = {name: getattr(kind, "__name__", kind) for name, kind in params.items()}
+        channel["parameters"] = {
+            name: {"description": f"Path parameter ({kinds.get(name, 'str')})."}
+            for name in names
+        }
+    return channel
 
 
 def _message(name: str, doc: str | None, payload: dict[str, Any]) -> dict[str, Any]:
