@@ -22,7 +22,8 @@ from .backplane import Backplane, Envelope
 from .backplane import encode as encode_envelope
 from .connection import Connection
 from .encoding import Frame, default_max_message_bytes, encode, json_dumps, oversize, room_name
-from .errors import CloseCode, JoinRefused
+from .errors import CloseCode, ConfigurationError, JoinRefused
+from .history import History, HistoryPage, Position
 from .namespaces import JoinPolicy, Namespace, NamespaceOptions, Namespaces
 from .outbound import Overflow
 from .registry import Registry
@@ -46,6 +47,8 @@ class RoomManager:
     the frame for it. ``start()`` waits up to ``startup_timeout`` seconds for the backend.
     ``authorize_join``, ``max_room_members`` and ``presence_events`` are the rules of rooms
     that match no declared ``namespace()``; ``strict_namespaces=True`` refuses such rooms.
+    ``history_size``/``history_ttl``: the messages every room keeps for recovery, and for
+    how long (0: no history; a namespace may say otherwise). History is in-process only.
     """
 
     def __init__(
@@ -66,6 +69,8 @@ class RoomManager:
         max_room_members: int | None = None,
         presence_events: bool = False,
         strict_namespaces: bool = False,
+        history_size: int = 0,
+        history_ttl: float | None = None,
     ) -> None:
         if isinstance(backend, str):
             backend = backend_from_url(backend, prefix=prefix)
@@ -98,6 +103,7 @@ class RoomManager:
         self._dropped = 0
         self._discarded = 0
         self._closes: Counter[int] = Counter()
+        self._history = History()
         self._fanout = 0  # fan-out passes in progress (a close during one is handled after it)
         self._deferred: list[tuple[str, WebSocket]] = []
         self._running_deferred = False
@@ -108,6 +114,8 @@ class RoomManager:
                 authorize_join=authorize_join,
                 max_members=max_room_members,
                 presence_events=presence_events,
+                history_size=history_size,
+                history_ttl=history_ttl,
             ),
             strict=strict_namespaces,
         )
@@ -512,7 +520,9 @@ class RoomManager:
         room = room_name(room)
         if isinstance(message, BaseModel):
             message = self._checked(room, message)
-        frame = self.encode(message)
+        return await self._send_frame(room, self.encode(message), exclude)
+
+    async def _send_frame(self, room: str, frame: Frame, exclude: Exclude) -> int:
         publish = self._remote("room", room, frame, exclude)
         members = self._rooms.get(room)
         delivered = self._deliver(members, frame, exclude) if members else 0
@@ -536,12 +546,66 @@ class RoomManager:
             raise ValueError(f"room {room!r} matches no namespace, and namespaces are strict")
         if namespace.adapter is not None:
             data = namespace.validate(data)
-        return await self._publish(room, data, sender, exclude)
+        return await self._publish(room, data, sender, exclude, namespace)
 
-    async def _publish(self, room: str, data: Any, sender: str | None, exclude: Exclude) -> int:
-        """The ``message`` event (``protocol.MessageEvent``) of already-validated ``data``."""
-        event = {"type": "message", "room": room, "from": sender, "data": data}
-        return await self.broadcast_to_room(room, event, exclude=exclude)
+    async def _publish(
+        self,
+        room: str,
+        data: Any,
+        sender: str | None,
+        exclude: Exclude,
+        namespace: Namespace | None = None,
+    ) -> int:
+        """The ``message`` event (``protocol.MessageEvent``) of already-validated ``data``;
+        in a room with history it carries the room's next ``offset`` and is kept."""
+        namespaces = self.namespaces
+        size, ttl = namespaces.history(namespace or namespaces.resolve(room) or namespaces.default)
+        if not size:
+            event = {"type": "message", "room": room, "from": sender, "data": data}
+            return await self.broadcast_to_room(room, event, exclude=exclude)
+        encoded: list[Frame] = []
+
+        def frame(offset: int) -> str:
+            event = {"type": "message", "room": room, "from": sender, "data": data}
+            event["offset"] = offset
+            encoded.append(self.encode(event))
+            return str(encoded[0].data)
+
+        self._history.append(room, size, ttl, frame)
+        return await self._send_frame(room, encoded[0], exclude)
+
+    def catch_up(
+        self, room: str, since: tuple[int, str] | None = None
+    ) -> tuple[Position, list[str], bool] | None:
+        """A room's position and, with ``since=(offset, epoch)``, the frames after it and
+        whether they are all of them (``recovered``). None when the room keeps no history.
+
+        Call it right after the join, without awaiting in between, and hand the frames to the
+        connection before anything else: then they and the live messages follow each other
+        without a gap or a duplicate."""
+        room = room_name(room)
+        namespaces = self.namespaces
+        size, ttl = namespaces.history(namespaces.resolve(room) or namespaces.default)
+        if not size:
+            return None
+        if since is None:
+            return self._history.position(room, ttl), [], False
+        page = self._history.since(room, since[0], since[1], ttl)
+        if not page.complete:
+            return page.position, [], False
+        return page.position, page.frames, True
+
+    async def history(self, room: str, *, since: int = 0, limit: int = 100) -> HistoryPage:
+        """The room's kept messages after offset ``since`` (oldest first, at most ``limit``).
+
+        ``complete`` is False when some messages after ``since`` are no longer kept;
+        LookupError for a room that keeps no history."""
+        room = room_name(room)
+        namespaces = self.namespaces
+        size, ttl = namespaces.history(namespaces.resolve(room) or namespaces.default)
+        if not size:
+            raise LookupError(f"room {room!r} keeps no history (history_size is 0)")
+        return self._history.since(room, since, None, ttl, limit)
 
     def _checked(self, room: str, message: BaseModel) -> Any:
         """A model sent to ``room``, validated against its namespace's ``message`` type."""
@@ -648,8 +712,20 @@ class RoomManager:
         start-up reaches other nodes; past that, start-up goes on (logged) and the backplane
         keeps connecting in the background.
         """
-        self._started = True
         backplane = self.backplane
+        if backplane is not None:
+            namespaces = self.namespaces
+            kept = [
+                ns.pattern
+                for ns in (namespaces.default, *namespaces)
+                if namespaces.history(ns)[0]
+            ]
+            if kept:
+                raise ConfigurationError(
+                    f"room history ({', '.join(map(repr, kept))}) is kept in one process only "
+                    "for now: it cannot be used with a backend yet"
+                )
+        self._started = True
         if backplane is None:
             return
         await backplane.start()

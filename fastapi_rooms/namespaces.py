@@ -124,7 +124,9 @@ class Namespace:
     ``data`` must satisfy; what is delivered is the validated value. ``publish``: who may
     publish from a client. ``authorize_join``: who may join (anonymous connections are refused
     when set). ``max_members``: members per room. ``rate``/``burst``: client publishes a
-    second per connection to rooms of this namespace. ``description`` shows in AsyncAPI.
+    second per connection to rooms of this namespace. ``history_size``/``history_ttl``: how
+    many published messages each room keeps, for how many seconds (None: the manager's
+    default; size 0: no history). ``description`` shows in AsyncAPI.
     """
 
     pattern: str
@@ -135,6 +137,8 @@ class Namespace:
     max_members: int | None = None
     rate: float | None = None
     burst: int = 20
+    history_size: int | None = None
+    history_ttl: float | None = None
     description: str | None = None
     regex: re.Pattern[str] = field(init=False, repr=False)
     adapter: TypeAdapter[Any] | None = field(init=False, repr=False)
@@ -157,6 +161,16 @@ class Namespace:
             raise ConfigurationError(
                 f"namespace {self.pattern!r}: rate should be a positive number of messages "
                 f"a second or None, got {self.rate!r}"
+            )
+        if self.history_size is not None and self.history_size < 0:
+            raise ConfigurationError(
+                f"namespace {self.pattern!r}: history_size should be 0 (off) or more, "
+                f"got {self.history_size!r}"
+            )
+        if self.history_ttl is not None and self.history_ttl <= 0:
+            raise ConfigurationError(
+                f"namespace {self.pattern!r}: history_ttl should be a positive number of "
+                f"seconds or None, got {self.history_ttl!r}"
             )
         if self.burst < 1:
             raise ConfigurationError(
@@ -219,6 +233,8 @@ class NamespaceOptions(TypedDict, total=False):
     max_members: int | None
     rate: float | None
     burst: int
+    history_size: int | None
+    history_ttl: float | None
     description: str | None
 
 
@@ -241,6 +257,16 @@ class Namespaces:
                 )
         self._declared.append(namespace)
         return namespace
+
+    def history(self, namespace: Namespace) -> tuple[int, float | None]:
+        """A namespace's history size and TTL, the default's where it sets none."""
+        default = self.default
+        size = namespace.history_size
+        ttl = namespace.history_ttl
+        return (
+            default.history_size or 0 if size is None else size,
+            default.history_ttl if ttl is None else ttl,
+        )
 
     def resolve(self, room: str) -> Namespace | None:
         """The first declared namespace ``room`` matches, else the default (None if strict)."""

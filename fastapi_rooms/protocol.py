@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from .encoding import json_dumps
 
@@ -32,6 +41,7 @@ __all__ = [
     "PresenceEvent",
     "Publish",
     "ServerEvent",
+    "Since",
     "Welcome",
     "client_event",
     "describe",
@@ -66,12 +76,21 @@ class _Event(BaseModel):
 # Client to server ------------------------------------------------------------------------------
 
 
+class Since(_Event):
+    """Where a client left a room with history: the last offset it saw, of which epoch."""
+
+    offset: StrictInt = Field(ge=0)
+    epoch: StrictStr = Field(min_length=1, max_length=64)
+
+
 class Join(_Event):
-    """Join a room; answered by ``joined`` or an ``error``."""
+    """Join a room; answered by ``joined`` or an ``error``. With ``since``, in a room with
+    history, the messages missed since then follow the ``joined``."""
 
     type: Literal["join"]
     room: RoomName
     meta: JsonValue = Field(None, description="Shown to others in the room's presence.")
+    since: Since | None = Field(None, description="Recover from this position (rejoin).")
 
 
 class Leave(_Event):
@@ -113,10 +132,17 @@ class Welcome(_Event):
 
 
 class Joined(_Event):
-    """The join succeeded: messages published on any node now reach this connection."""
+    """The join succeeded: messages published on any node now reach this connection.
+
+    In a room with history: the room's latest ``offset`` and ``epoch`` (live messages follow
+    from ``offset + 1``); after a ``since``, ``recovered`` says whether the missed messages
+    follow (True) or could not be (False: reload the room's state from the app)."""
 
     type: Literal["joined"]
     room: str
+    offset: int | None = None
+    epoch: str | None = None
+    recovered: bool | None = None
 
 
 class Left(_Event):
@@ -131,6 +157,7 @@ class MessageEvent(_Event):
     room: str
     from_: str | None = Field(alias="from", description="The publishing connection's id.")
     data: JsonValue
+    offset: int | None = Field(None, description="Its place in the room's history (1, 2, ...).")
 
 
 class PresenceEvent(_Event):

@@ -87,7 +87,8 @@ def test_the_document_describes_the_protocol_namespaces_and_handlers(server: Ser
     assert schemas["ErrorEvent"]["properties"]["code"]["enum"][0] == "invalid_message"
     publish_refs = {m["$ref"].rsplit("/", 1)[1] for m in operations["receivePublish"]["messages"]}
     assert publish_refs == {"publish", "publish.chat", "publish.vip", "publish.slow",
-                            "publish.duo", "publish.nums", "publish.tree"}
+                            "publish.duo", "publish.nums", "publish.tree",
+                            "publish.history", "publish.race"}
     assert operations["receiveJoin"]["action"] == "receive"
     assert {m["$ref"] for m in operations["receiveJoin"]["reply"]["messages"]} == {
         "#/channels/rooms/messages/joined",

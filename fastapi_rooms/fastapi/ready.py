@@ -9,6 +9,7 @@ import uuid
 
 from pydantic import ValidationError
 
+from ..encoding import Frame
 from ..errors import CloseCode, ConnectionClosed, JoinRefused, MessageTooBig
 from ..manager import RoomManager
 from ..policy import Limits, RateLimiter
@@ -126,7 +127,29 @@ async def _handle(
         except ValueError as exc:
             await websocket.send_text(_error("invalid_message", f"meta: {exc}"))
             return
-        await websocket.send_text(event_json(Joined(type="joined", room=request.room)))
+        # No await since the join: the position read now is the one live messages follow.
+        since = request.since
+        caught = manager.catch_up(
+            request.room, None if since is None else (since.offset, since.epoch)
+        )
+        if caught is None:  # a room without history
+            joined = Joined(type="joined", room=request.room)
+            if since is not None:
+                joined.recovered = False
+            await websocket.send_text(event_json(joined))
+            return
+        position, frames, recovered = caught
+        joined = Joined(
+            type="joined",
+            room=request.room,
+            offset=position.offset,
+            epoch=position.epoch,
+            recovered=None if since is None else recovered,
+        )
+        outbound = websocket.outbound
+        outbound.offer(Frame(event_json(joined)).asgi, force=True)
+        for frame in frames:  # the replay may be longer than the buffer: it is not overflow
+            outbound.offer(Frame(frame).asgi, force=True)
     elif isinstance(request, Leave):
         manager.leave_room(connection_id, request.room)
         await websocket.send_text(event_json(Left(type="left", room=request.room)))

@@ -6,11 +6,12 @@ FastAPI way (``dependencies=``), or opens them with ``insecure_rest=True`` (deve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, params
+from fastapi import APIRouter, Depends, HTTPException, Query, params
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, JsonValue
 
@@ -99,6 +100,16 @@ class RoomDetail(BaseModel):
     presence: list[PresenceEntry] = Field(
         default_factory=list, description="Members on every node, grouped by user."
     )
+
+
+class RoomHistory(BaseModel):
+    room: str
+    offset: int = Field(description="The room's latest offset (0 before any message).")
+    epoch: str = Field(description="Changes whenever the room's history was lost.")
+    complete: bool = Field(
+        description="False when some messages after `since` are no longer kept."
+    )
+    messages: list[dict[str, Any]] = Field(description="`message` events, oldest first.")
 
 
 class UserSendResult(BaseModel):
@@ -199,6 +210,32 @@ def add_rest_endpoints(
             presence=[PresenceEntry.model_validate(entry) for entry in presence],
         )
 
+    @router.get(
+        "/rooms/{room}/history",
+        response_model=RoomHistory,
+        dependencies=deps,
+        tags=tags,
+        responses={404: {"description": "The room keeps no history"}},
+    )
+    async def room_history(
+        room: str,
+        manager: Manager,
+        since: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> RoomHistory:
+        """A room's kept messages after offset ``since`` (rooms with history only)."""
+        try:
+            page = await manager.history(room, since=since, limit=limit)
+        except LookupError as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        return RoomHistory(
+            room=room,
+            offset=page.position.offset,
+            epoch=page.position.epoch,
+            complete=page.complete,
+            messages=[json.loads(frame) for frame in page.frames],
+        )
+
     @router.post(
         "/users/{user_id}/send",
         response_model=UserSendResult,
@@ -220,7 +257,7 @@ def add_rest_endpoints(
         return manager.stats()
 
     ours = {broadcast, broadcast_room, send_to_connection, send_to_user}
-    ours |= {list_rooms, get_room, stats}
+    ours |= {list_rooms, get_room, room_history, stats}
     return [
         f"{method} {route.path}"
         for route in router.routes

@@ -180,8 +180,10 @@ class Outbound:
         """Frames waiting behind a write in progress."""
         return len(self._queue) if self._queue is not None else 0
 
-    def offer(self, event: Event) -> bool:
-        """Hand over a frame without waiting; False when dropped or the connection is gone."""
+    def offer(self, event: Event, force: bool = False) -> bool:
+        """Hand over a frame without waiting; False when dropped or the connection is gone.
+
+        ``force`` queues it past the buffer's limit (a history replay, bounded by its size)."""
         if self.closed:
             return False
         if self.busy:
@@ -192,8 +194,8 @@ class Outbound:
                     self._cork_bytes += _size(event)
                     return True
                 self._uncork()  # a full cork: write this batch now, start another
-                return self.offer(event)
-            if len(queue) < self._limit:
+                return self.offer(event, force)
+            if force or len(queue) < self._limit:
                 queue.append(event)
                 return True
             return self._overflow()

@@ -2,8 +2,9 @@
 
 - ``app``: ``chat:{name}`` (a model, presence events), ``ticker:{symbol}`` (server-only),
   ``vip:{name}`` (a publish policy), ``slow:{name}`` (a publish rate), ``duo:{name}`` (two
-  members), ``nums:{name}`` (``list[int]``), ``tree:{name}`` (a recursive model); other rooms
-  follow the defaults. ``?user=`` names the user. ``POST /tick/{symbol}``
+  members), ``nums:{name}`` (``list[int]``), ``tree:{name}`` (a recursive model),
+  ``history:{name}`` (5 messages kept), ``race:{name}`` (1000 kept); other rooms follow the
+  defaults. ``?user=`` names the user. ``POST /tick/{symbol}``
   publishes a model from the server; ``POST /wrong-model/{symbol}`` sends the wrong one.
   ``/ws/echo/<int:n>`` is a Gobstopper-style handler declaring its payloads; ``/self-hosted``
   renders the AsyncAPI page from the AsyncAPI React component under ``ASYNCAPI_ASSETS``.
@@ -75,6 +76,8 @@ def make_app(strict: bool = False) -> FastAPI:
         rooms.namespace("duo:{name}", max_members=2)
         rooms.namespace("nums:{name}", message=list[int])
         rooms.namespace("tree:{name}", message=Tree)
+        rooms.namespace("history:{name}", history_size=5)
+        rooms.namespace("race:{name}", history_size=1000, history_ttl=600)
 
     @rooms.websocket("/ws/echo/<int:n>", receives=ChatMessage, sends=ChatMessage)
     async def echo(websocket: Any, n: int) -> None:
