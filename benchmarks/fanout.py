@@ -77,6 +77,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     # The ready protocol's message event (manager.publish), without and with a namespace model.
     "rooms-publish": ("uvicorn", "rooms_publish_app"),
     "rooms-model": ("uvicorn", "rooms_model_app"),
+    "rooms-history": ("uvicorn", "rooms_history_app"),
     "rooms-granian-rsgi-default-gc": ("granian-rsgi", "rooms_rsgi_default_gc_app"),
     "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
     # Peers (S1): a bare picows server, python-socketio, encode/broadcaster.
@@ -114,6 +115,8 @@ DESCRIPTIONS = {
     "protocol's message event, JSON-encoded once, no namespace model",
     "rooms-model": "rooms-publish with `manager.namespace(room, message=Line)`: the data "
     "validated by a Pydantic model (one str field) and dumped before the fan-out",
+    "rooms-history": "rooms-publish in a room keeping its last 1000 messages "
+    "(`namespace(room, history_size=1000)`): each event numbered and kept, in one process",
     "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)` "
     "under `granian --interface rsgi` (the settings docs/granian.md recommends): native "
     "`transport.send_str` per member (RSGIOutbound)",
@@ -719,8 +722,13 @@ class Session:
         self.client = client
         self.redis_pid = redis_pid
         total = cfg.warmup + cfg.rounds * (cfg.messages + cfg.latency_samples)
-        wire = published if variant in PUBLISH_VARIANTS else str
-        self.expected = [wire(payload(seq, cfg.size)).encode() for seq in range(total)]
+        if variant == "rooms-history":  # the n-th message published has offset n
+            self.expected = [
+                published(payload(seq, cfg.size), seq + 1).encode() for seq in range(total)
+            ]
+        else:
+            wire = published if variant in PUBLISH_VARIANTS else str
+            self.expected = [wire(payload(seq, cfg.size)).encode() for seq in range(total)]
         k = len(self.bases)
         self.members = [Member(i * k // cfg.n) for i in range(cfg.n)]
         self.tracker: Tracker | None = None

@@ -142,11 +142,14 @@ def _rooms(
 ) -> FastAPI:
     """``publish``: None broadcasts the payload as it is; "event" sends it as the ready
     protocol's ``message`` event (``manager.publish``), "model" the same with a namespace
-    model on the room (validated, then delivered); the wire of both is
+    model on the room (validated, then delivered), "history" the same in a room keeping its
+    last 1000 messages (each event carries its offset); the wire of the first two is
     ``peer_apps.published(msg)``."""
     manager = RoomManager(backend, prefix=prefix)
     if publish == "model":
         manager.namespace(ROOM, message=Line)
+    elif publish == "history":
+        manager.namespace(ROOM, history_size=1000)
     router = create_rooms_router(manager, insecure_rest=True)  # benchmark: GET /stats read openly
 
     @router.websocket("/members/{cid}")
@@ -191,6 +194,7 @@ gather_app = _plain(concurrent=True)
 rooms_app = _rooms()
 rooms_publish_app = _rooms(publish="event")
 rooms_model_app = _rooms(publish="model")
+rooms_history_app = _rooms(publish="history")
 # The documented production settings for RSGI (fewer and shorter full GCs, see docs/granian.md);
 # they are process-wide, and each server is its own process.
 rooms_rsgi_app = RSGIApp(rooms_app, freeze_gc=True, gc_threshold=50_000)

@@ -47,10 +47,14 @@ def payload(seq: int, size: int) -> str:
     return head + "x" * (size - len(head))
 
 
-def published(message: str) -> str:
+def published(message: str, offset: int | None = None) -> str:
     """``message`` as the ready protocol's ``message`` event from the server (compact JSON),
-    as members of the rooms-publish and rooms-model variants receive it."""
-    event = {"type": "message", "room": ROOM, "from": None, "data": {"text": message}}
+    as members of the rooms-publish and rooms-model variants receive it (rooms-history: with
+    its ``offset`` in the room's history)."""
+    event: dict[str, Any] = {"type": "message", "room": ROOM, "from": None}
+    event["data"] = {"text": message}
+    if offset is not None:
+        event["offset"] = offset
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
