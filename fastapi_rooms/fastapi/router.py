@@ -6,6 +6,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_type_hints
 
 from fastapi import APIRouter, Depends, params
@@ -14,7 +15,7 @@ from fastapi.routing import APIWebSocketRoute
 from fastapi.security.base import SecurityBase
 from pydantic import TypeAdapter
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket as StarletteWebSocket
@@ -271,6 +272,7 @@ class RoomsRouter(APIRouter):
         asyncapi_url: str | None = "/asyncapi.json",
         asyncapi_docs_url: str | None = "/asyncapi",
         security: Sequence[SecurityBase] = (),
+        client_js_url: str | None = "/client.js",
         **kwargs: Any,
     ) -> None:
         user_lifespan = kwargs.pop("lifespan", None)
@@ -309,6 +311,14 @@ class RoomsRouter(APIRouter):
                 self._open_rest = open_rest
         if ready_endpoint is not None:
             self._add_ready_endpoint(ready_endpoint, authenticate=authenticate is not None)
+        if client_js_url is not None:
+            self.add_api_route(
+                client_js_url,
+                _client_js,
+                methods=["GET"],
+                include_in_schema=False,
+                name="fastapi_rooms_client_js",
+            )
         if asyncapi_url is not None:
             self.add_api_route(
                 asyncapi_url,
@@ -647,6 +657,18 @@ class RoomsRouter(APIRouter):
         return user_id
 
 
+_CLIENT_JS = Path(__file__).resolve().parent.parent / "static" / "rooms.js"
+
+
+async def _client_js() -> Response:
+    """The JavaScript client (``fastapi_rooms/static/rooms.js``), an ES module."""
+    return Response(
+        _CLIENT_JS.read_bytes(),
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 def _describe(handler: Any) -> str:
     module = getattr(handler, "__module__", "?")
     return f"{module}.{getattr(handler, '__qualname__', handler)}()"
@@ -667,6 +689,7 @@ def create_rooms_router(
     asyncapi_url: str | None = "/asyncapi.json",
     asyncapi_docs_url: str | None = "/asyncapi",
     security: Sequence[SecurityBase] = (),
+    client_js_url: str | None = "/client.js",
     **apirouter_kwargs: Any,
 ) -> RoomsRouter:
     """A RoomsRouter with ``manager`` (a new in-process one by default).
@@ -676,7 +699,8 @@ def create_rooms_router(
     WebSockets to unknown paths with 1001. The REST endpoints refuse calls unless
     ``dependencies=`` or ``rest_dependencies=`` protect them, or ``insecure_rest=True``.
     ``authenticate``, ``allowed_origins`` and ``limits``: see the Security docs.
-    ``asyncapi_url``/``asyncapi_docs_url`` serve the AsyncAPI document and its page.
+    ``asyncapi_url``/``asyncapi_docs_url`` serve the AsyncAPI document and its page,
+    ``client_js_url`` the JavaScript client (None turns any of them off).
     """
     return RoomsRouter(
         manager,
@@ -692,5 +716,6 @@ def create_rooms_router(
         asyncapi_url=asyncapi_url,
         asyncapi_docs_url=asyncapi_docs_url,
         security=security,
+        client_js_url=client_js_url,
         **apirouter_kwargs,
     )

@@ -1,0 +1,1 @@
+../../fastapi_rooms/static/rooms.js

@@ -1,0 +1,219 @@
+// fastapi-rooms JavaScript client: one dependency-free ES module (browsers, Node >= 20).
+//
+//   import { RoomsClient } from "/client.js";
+//   const client = new RoomsClient("ws://127.0.0.1:8000/ws", { token });
+//   await client.connect();
+//   await client.join("chat:lobby", (event) => console.log(event.data));
+//   client.publish("chat:lobby", { text: "hi" });
+//
+// It reconnects after a lost connection (exponential backoff with full jitter), rejoins every
+// room with the last offset it saw and delivers each message once: replayed ones after a
+// recovery, duplicates dropped. onReload(room) is called when a room's history could not cover
+// the gap ("recovered": false): reload that room's state from the app.
+
+const JOIN_REFUSALS = new Set(["forbidden", "room_full", "too_many_rooms", "unknown_namespace"]);
+
+export class JoinError extends Error {
+  constructor(room, code, message) {
+    super(`join ${JSON.stringify(room)} refused (${code}): ${message}`);
+    this.room = room;
+    this.code = code;
+  }
+}
+
+export class RoomsClient {
+  constructor(url, options = {}) {
+    const target = new URL(url, typeof location === "undefined" ? undefined : location.href);
+    if (target.protocol === "http:") target.protocol = "ws:";
+    if (target.protocol === "https:") target.protocol = "wss:";
+    if (options.token != null) target.searchParams.set("token", options.token);
+    this.url = target.toString();
+    this.backoff = options.backoff ?? 500; // ms: the first wait's ceiling
+    this.maxBackoff = options.maxBackoff ?? 30000; // ms: the longest wait
+    this.pingInterval = options.pingInterval ?? 20000; // ms; 0: no application pings
+    this.offlineQueue = options.offlineQueue ?? 0; // publishes kept while disconnected
+    this.onReload = options.onReload ?? null; // (room) => void
+    this.onError = options.onError ?? null; // (event) => void, errors that answer no join
+    this.onStatus = options.onStatus ?? null; // ("connected" | "disconnected") => void
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.connectionId = null;
+    this.connects = 0;
+    this.rooms = new Map(); // room -> { onMessage, meta, offset, epoch, presence }
+    this._socket = null;
+    this._pending = []; // [room, resolve, reject], in the order the joins were sent
+    this._queue = [];
+    this._attempt = 0;
+    this._closing = false;
+    this._ready = null;
+    this._readyResolve = null;
+    this._timer = null;
+    this._resetReady();
+  }
+
+  get connected() {
+    return this._socket !== null && this._readyResolve === null;
+  }
+
+  connect() {
+    this._closing = false;
+    this._open();
+    return this._ready;
+  }
+
+  close() {
+    this._closing = true;
+    clearTimeout(this._timer);
+    if (this._socket) this._socket.close(1000);
+  }
+
+  async join(room, onMessage = null, { meta = null } = {}) {
+    this.rooms.set(room, { onMessage, meta, offset: null, epoch: null, presence: new Map() });
+    try {
+      return await this._join(room);
+    } catch (error) {
+      this.rooms.delete(room);
+      throw error;
+    }
+  }
+
+  leave(room) {
+    this.rooms.delete(room);
+    if (this.connected) this._send({ type: "leave", room });
+  }
+
+  publish(room, data, { excludeSelf = false } = {}) {
+    const text = JSON.stringify({ type: "publish", room, data, exclude_self: excludeSelf });
+    if (this.connected) this._socket.send(text);
+    else if (this._queue.length < this.offlineQueue) this._queue.push(text);
+    else throw new Error("not connected, and the offline queue is full (or off)");
+  }
+
+  position(room) {
+    const state = this.rooms.get(room);
+    return state && state.offset !== null ? { offset: state.offset, epoch: state.epoch } : null;
+  }
+
+  presence(room) {
+    const state = this.rooms.get(room);
+    return state ? new Map(state.presence) : new Map();
+  }
+
+  // Internals ---------------------------------------------------------------------------------
+
+  _resetReady() {
+    this._ready = new Promise((resolve) => (this._readyResolve = resolve));
+  }
+
+  async _join(room) {
+    await this._ready;
+    const state = this.rooms.get(room);
+    const request = { type: "join", room };
+    if (state.meta !== null) request.meta = state.meta;
+    if (state.offset !== null) request.since = { offset: state.offset, epoch: state.epoch };
+    return new Promise((resolve, reject) => {
+      this._pending.push([room, resolve, reject]);
+      this._send(request);
+    });
+  }
+
+  _send(message) {
+    this._socket.send(JSON.stringify(message));
+  }
+
+  _open() {
+    const socket = new this.WebSocket(this.url);
+    this._socket = socket;
+    let welcomed = false;
+    socket.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch {
+        return; // not JSON: nothing of the protocol
+      }
+      if (!welcomed && event.type === "welcome") {
+        welcomed = true;
+        this._welcome(event);
+      } else {
+        this._dispatch(event);
+      }
+    };
+    socket.onclose = () => this._lost(socket);
+    socket.onerror = () => {}; // onclose follows
+  }
+
+  async _welcome(event) {
+    this.connectionId = event.connection_id;
+    this.connects += 1;
+    this._attempt = 0;
+    const resolve = this._readyResolve;
+    this._readyResolve = null;
+    resolve();
+    if (this.pingInterval) {
+      this._pinger = setInterval(() => this.connected && this._send({ type: "ping" }), this.pingInterval);
+    }
+    for (const room of [...this.rooms.keys()]) {
+      try {
+        await this._join(room);
+      } catch (error) {
+        if (error instanceof JoinError) this.rooms.delete(room);
+        else return; // the connection went away again
+      }
+    }
+    const queued = this._queue.splice(0);
+    for (const text of queued) this._socket.send(text);
+    if (this.onStatus) this.onStatus("connected");
+  }
+
+  _lost(socket) {
+    if (socket !== this._socket) return;
+    clearInterval(this._pinger);
+    this._socket = null;
+    if (this._readyResolve === null) this._resetReady();
+    for (const [, , reject] of this._pending.splice(0)) reject(new Error("connection lost"));
+    if (this.onStatus) this.onStatus("disconnected");
+    if (this._closing) return;
+    const step = Math.min(this.maxBackoff, this.backoff * 2 ** this._attempt);
+    this._attempt += 1;
+    this._timer = setTimeout(() => this._open(), this._delay(step));
+  }
+
+  _delay(step) {
+    return Math.random() * step; // full jitter
+  }
+
+  _dispatch(event) {
+    const state = typeof event.room === "string" ? this.rooms.get(event.room) : undefined;
+    if (event.type === "message" && state) {
+      if (Number.isInteger(event.offset)) {
+        if (state.offset !== null && event.offset <= state.offset) return; // seen already
+        state.offset = event.offset;
+      }
+      if (state.onMessage) state.onMessage(event);
+    } else if (event.type === "joined" && state) {
+      if (typeof event.epoch === "string") {
+        if (event.recovered === false && state.offset !== null && this.onReload) {
+          this.onReload(event.room);
+        }
+        if (event.recovered !== true) {
+          state.offset = event.offset ?? 0;
+          state.epoch = event.epoch;
+        }
+      }
+      if (this._pending.length && this._pending[0][0] === event.room) this._pending.shift()[1](event);
+    } else if (event.type === "presence" && state) {
+      if (event.event === "join") {
+        state.presence.set(event.connection_id, { user_id: event.user_id, meta: event.meta });
+      } else {
+        state.presence.delete(event.connection_id);
+      }
+    } else if (event.type === "error") {
+      if (JOIN_REFUSALS.has(event.code) && this._pending.length) {
+        const [room, , reject] = this._pending.shift();
+        reject(new JoinError(room, event.code, event.message));
+        return;
+      }
+      if (this.onError) this.onError(event);
+    }
+  }
+}
