@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .encoding import Frame
+from .history import Position
 from .websocket import WebSocket
 
 if TYPE_CHECKING:
@@ -29,9 +31,22 @@ class Connection:
     def rooms(self) -> set[str]:
         return self.manager.get_connection_rooms(self.id)
 
-    async def join(self, room: str, *, meta: Any = None) -> None:
-        """Join ``room``; returns once messages from every node reach it (``JoinRefused``)."""
+    async def join(
+        self, room: str, *, meta: Any = None, since: tuple[int, str] | None = None
+    ) -> tuple[Position, bool] | None:
+        """Join ``room``; returns once messages from every node reach it (``JoinRefused``).
+
+        In a room with history: the room's position and whether ``since=(offset, epoch)``
+        was recovered, the missed messages then already handed to the connection, ahead of
+        any live one (None for a room without history)."""
         await self.manager.join(self.id, room, meta=meta)
+        caught = self.manager.catch_up(room, since)  # no await since the join: no gap
+        if caught is None:
+            return None
+        position, frames, recovered = caught
+        for frame in frames:
+            self.websocket.outbound.offer(Frame(frame).asgi, force=True)
+        return position, recovered
 
     def leave(self, room: str) -> None:
         self.manager.leave_room(self.id, room)

@@ -18,10 +18,11 @@ from fastapi_rooms import ConfigurationError, RoomManager
 from fastapi_rooms.encoding import Frame
 from fastapi_rooms.history import History
 from fastapi_rooms.protocol import ServerEvent
+from fastapi_rooms.websocket import WebSocket
 
 from .conftest import Server, server_fixture
 from .helpers import WAIT, open_ws, recv_text, send_json
-from .test_manager import connect
+from .test_manager import FakePeer, connect, next_pass
 
 pytestmark = pytest.mark.anyio
 
@@ -221,3 +222,21 @@ async def test_a_replay_longer_than_the_buffer_is_not_overflow() -> None:
     for frame in frames:
         ws.outbound.offer(frame)
     assert ws.closed and ws.close_code == 1013
+
+
+async def test_a_custom_handler_recovers_through_the_connection_context() -> None:
+    manager = RoomManager(history_size=10)
+    for n in range(4):  # nobody listens yet: kept all the same
+        await manager.publish("r", n)
+    position = manager.catch_up("r")
+    assert position is not None
+    epoch = position[0].epoch
+    peer = FakePeer()
+    ws = WebSocket({"type": "websocket", "path": "/t"}, peer.receive, peer.send, accepted=True)
+    async with manager.connect(ws) as conn:
+        caught = await conn.join("r", since=(2, epoch))
+        assert caught is not None and caught[1] is True and caught[0].offset == 4
+        await manager.publish("r", "live")
+        await next_pass()
+        assert [json.loads(t)["offset"] for t in peer.texts()] == [3, 4, 5]
+        assert await conn.join("plain-room") is None
