@@ -226,6 +226,7 @@ async def test_a_replay_longer_than_the_buffer_is_not_overflow() -> None:
 
 async def test_a_custom_handler_recovers_through_the_connection_context() -> None:
     manager = RoomManager(history_size=10)
+    manager.namespace("plain:{x}", history_size=0)
     for n in range(4):  # nobody listens yet: kept all the same
         await manager.publish("r", n)
     position = manager.catch_up("r")
@@ -239,4 +240,4 @@ async def test_a_custom_handler_recovers_through_the_connection_context() -> Non
         await manager.publish("r", "live")
         await next_pass()
         assert [json.loads(t)["offset"] for t in peer.texts()] == [3, 4, 5]
-        assert await conn.join("plain-room") is None
+        assert await conn.join("plain:room") is None  # a namespace without history
