@@ -82,7 +82,10 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-BROWSER_TESTS = ("tests/test_asyncapi.py::test_the_page_renders_channels_and_messages_in_chromium",)
+BROWSER_TESTS = (
+    "tests/test_asyncapi.py::test_the_page_renders_channels_and_messages_in_chromium",
+    "tests/test_chat_browser.py::test_a_page_that_lost_its_connection_misses_nothing",
+)
 
 
 def browser_missing() -> bool:

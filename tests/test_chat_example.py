@@ -33,12 +33,12 @@ async def test_index_serves_the_page_and_its_script(chat: Any) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "<title>fastapi-rooms chat</title>" in page.text
-    assert '<script src="/static/app.js"></script>' in page.text
+    assert '<script type="module" src="/static/app.js"></script>' in page.text
     assert "http://" not in page.text  # no CDN, no external script
     assert "https://" not in page.text
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]
-    assert "/api/ws" in script.text
+    assert "/api/ws" in script.text and 'from "/api/client.js"' in script.text
     assert "/api/announce" in script.text
     assert style.status_code == 200
 
@@ -51,7 +51,9 @@ async def test_two_clients_chat_in_a_room_and_receive_an_announcement(chat: Any)
 
         for ws in (alice, bob):
             await ws.send(json.dumps({"type": "join", "room": "lobby"}))
-            assert await next_event(ws, "joined") == {"type": "joined", "room": "lobby"}
+            joined = await next_event(ws, "joined")  # the example's rooms keep history
+            assert joined == {"type": "joined", "room": "lobby", "offset": 0,
+                              "epoch": joined["epoch"]}
 
         async with http(chat) as client:
             refused = await client.get("/api/rooms/lobby")  # REST: operators only
@@ -64,7 +66,8 @@ async def test_two_clients_chat_in_a_room_and_receive_an_announcement(chat: Any)
 
             data = {"name": "alice", "text": "hello, bob"}
             await alice.send(json.dumps({"type": "publish", "room": "lobby", "data": data}))
-            expected = {"type": "message", "room": "lobby", "from": alice_id, "data": data}
+            expected = {"type": "message", "room": "lobby", "from": alice_id, "data": data,
+                        "offset": 1}
             assert await next_event(bob, "message") == expected
             assert await next_event(alice, "message") == expected  # the sender gets it too
 

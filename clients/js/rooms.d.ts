@@ -45,6 +45,8 @@ export interface RoomsClientOptions {
   /** Error events that answer no join. */
   onError?: (event: ErrorEvent) => void;
   onStatus?: (status: "connected" | "disconnected") => void;
+  /** Frames that are not the protocol's: what the app broadcast itself (parsed JSON, or text). */
+  onOther?: (event: unknown) => void;
   /** The WebSocket class (default: globalThis.WebSocket). */
   WebSocket?: typeof WebSocket;
 }

@@ -65,8 +65,11 @@ async def announce(
 
 
 def build_app(manager: RoomManager | None = None) -> FastAPI:
-    """The chat app; ``manager`` defaults to a new in-process one (examples/multiworker passes
-    a Redis-backed one)."""
+    """The chat app; ``manager`` defaults to a new in-process one that keeps each room's last
+    500 messages for an hour, so a page that reconnects misses nothing (examples/multiworker
+    passes a Redis-backed one, without history)."""
+    if manager is None:
+        manager = RoomManager(history_size=500, history_ttl=3600)
     app = FastAPI(title="fastapi-rooms chat example")
     # ready endpoint /api/ws, REST under /api for operators
     rooms = create_rooms_router(manager, prefix="/api", rest_dependencies=[Depends(require_admin)])

@@ -35,6 +35,7 @@ export class RoomsClient {
     this.onReload = options.onReload ?? null; // (room) => void
     this.onError = options.onError ?? null; // (event) => void, errors that answer no join
     this.onStatus = options.onStatus ?? null; // ("connected" | "disconnected") => void
+    this.onOther = options.onOther ?? null; // (event or text) => void: what the app sent itself
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.connectionId = null;
     this.connects = 0;
@@ -129,9 +130,12 @@ export class RoomsClient {
       try {
         event = JSON.parse(message.data);
       } catch {
-        return; // not JSON: nothing of the protocol
+        if (this.onOther) this.onOther(message.data); // not JSON: the app's own text
+        return;
       }
-      if (!welcomed && event.type === "welcome") {
+      if (event === null || typeof event !== "object") {
+        if (this.onOther) this.onOther(event);
+      } else if (!welcomed && event.type === "welcome") {
         welcomed = true;
         this._welcome(event);
       } else {
@@ -214,6 +218,8 @@ export class RoomsClient {
         return;
       }
       if (this.onError) this.onError(event);
+    } else if (!["message", "joined", "presence", "left", "pong"].includes(event.type)) {
+      if (this.onOther) this.onOther(event); // not the protocol's: the app's own broadcast
     }
   }
 }

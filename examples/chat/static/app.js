@@ -1,20 +1,15 @@
-"use strict";
-// The chat page: plain JavaScript, no build step, no dependencies.
-// It speaks the JSON protocol of the fastapi-rooms ready endpoint on /api/ws:
-//   client -> server  {"type": "join" | "leave", "room": R}
-//                     {"type": "publish", "room": R, "data": ANY}
-//   server -> client  welcome, joined, left, message {room, from, data}, pong, error {code, message}
-// plus whatever the app broadcasts itself (here: {"type": "announcement", "text": ...}).
+// The chat page: plain JavaScript, no build step. It talks to the rooms router through the
+// fastapi-rooms JavaScript client (served by the router at /api/client.js), which keeps the
+// connection up, rejoins rooms after a reconnect and replays what was missed meanwhile.
 // GET /api/room-list lists the rooms, POST /api/announce reaches every client.
+import { RoomsClient } from "/api/client.js";
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  socket: null,
-  connectionId: null,
-  joined: new Set(), // rooms the server confirmed for this connection
-  wanted: new Set(), // rooms to join again after a reconnect
-  attempts: 0,
+  client: null,
+  reconnects: 0,
+  lost: new Set(), // rooms whose history could not cover a disconnection
 };
 
 // Rendering ----------------------------------------------------------------------------------
@@ -57,7 +52,8 @@ function renderJoined(select) {
   const previous = select || target.value;
   list.replaceChildren();
   target.replaceChildren();
-  for (const room of [...state.joined].sort()) {
+  const joined = joinedRooms();
+  for (const room of [...joined].sort()) {
     const item = document.createElement("li");
     const label = document.createElement("span");
     label.textContent = `#${room}`;
@@ -68,14 +64,14 @@ function renderJoined(select) {
     option.textContent = `#${room}`;
     target.append(option);
   }
-  if (state.joined.has(previous)) target.value = previous;
-  if (!state.joined.size) {
+  if (joined.has(previous)) target.value = previous;
+  if (!joined.size) {
     const item = document.createElement("li");
     item.className = "empty";
     item.textContent = "no room yet";
     list.append(item);
   }
-  const canSend = state.joined.size > 0;
+  const canSend = joined.size > 0;
   $("text").disabled = !canSend;
   $("send").disabled = !canSend;
   $("text").placeholder = canSend ? "Message" : "Join a room to chat";
@@ -96,7 +92,7 @@ async function refreshRooms() {
     const label = document.createElement("span");
     label.textContent = `#${room} (${connections})`;
     item.append(label);
-    if (!state.joined.has(room)) item.append(button("Join", () => join(room)));
+    if (!state.client.rooms.has(room)) item.append(button("Join", () => join(room)));
     list.append(item);
   }
   if (!rooms.length) {
@@ -113,27 +109,39 @@ function myName() {
   return $("name").value.trim() || "anonymous";
 }
 
-function send(message) {
-  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
-    state.socket.send(JSON.stringify(message));
-    return true;
-  }
-  system("not connected yet", "error");
-  return false;
+function joinedRooms() {
+  return new Set(state.client.rooms.keys());
 }
 
 function publish(room, data) {
-  return send({ type: "publish", room, data });
+  try {
+    state.client.publish(room, data);
+    return true;
+  } catch (error) {
+    system("not connected: message not sent", "error");
+    return false;
+  }
 }
 
-function join(room) {
-  if (room && !state.joined.has(room)) send({ type: "join", room });
+async function join(room) {
+  if (!room || state.client.rooms.has(room)) return;
+  try {
+    await state.client.join(room, showMessage);
+  } catch (error) {
+    system(`join #${room}: ${error.message}`, "error");
+    return;
+  }
+  renderJoined(room);
+  publish(room, { name: myName(), event: "joined" });
+  refreshRooms();
 }
 
 function leave(room) {
-  state.wanted.delete(room);
   publish(room, { name: myName(), event: "left" });
-  send({ type: "leave", room });
+  state.client.leave(room);
+  renderJoined();
+  system(`you left #${room}`);
+  refreshRooms();
 }
 
 function showMessage({ room, from, data }) {
@@ -144,79 +152,49 @@ function showMessage({ room, from, data }) {
     return;
   }
   const text = isObject && typeof data.text === "string" ? data.text : JSON.stringify(data);
-  const mine = from === state.connectionId ? " (you)" : "";
+  const mine = from === state.client.connectionId ? " (you)" : "";
   log([[`#${room}`, "room"], [`${who}${mine}:`, "who"], [text, null]]);
 }
 
-function handle(message) {
-  switch (message.type) {
-    case "welcome":
-      state.connectionId = message.connection_id;
-      state.attempts = 0;
-      setStatus(`connected as ${message.connection_id.slice(0, 8)}`);
-      for (const room of state.wanted) send({ type: "join", room });
-      refreshRooms();
-      break;
-    case "joined":
-      if (!state.joined.has(message.room)) {
-        state.joined.add(message.room);
-        state.wanted.add(message.room);
-        renderJoined(message.room);
-        publish(message.room, { name: myName(), event: "joined" });
-      }
-      refreshRooms();
-      break;
-    case "left":
-      state.joined.delete(message.room);
-      renderJoined();
-      system(`you left #${message.room}`);
-      refreshRooms();
-      break;
-    case "message":
-      showMessage(message);
-      break;
-    case "announcement":
-      log([["Announcement: ", "who"], [String(message.text), null]], "announcement");
-      break;
-    case "error":
-      system(`${message.code}: ${message.message}`, "error");
-      break;
-    case "pong":
-      break;
-    default:
-      system(JSON.stringify(message)); // something else the server broadcast
+function showOther(event) {
+  if (event !== null && typeof event === "object" && event.type === "announcement") {
+    log([["Announcement: ", "who"], [String(event.text), null]], "announcement");
+  } else {
+    system(typeof event === "string" ? event : JSON.stringify(event)); // the app's own broadcast
   }
 }
 
+function showStatus(status) {
+  const client = state.client;
+  if (status === "disconnected") {
+    setStatus("disconnected, reconnecting…");
+    return;
+  }
+  const who = `connected as ${client.connectionId.slice(0, 8)}`;
+  if (client.connects > 1) {
+    state.reconnects = client.connects - 1;
+    const lost = [...state.lost].map((room) => `#${room}`).join(", ");
+    const how = lost ? `history lost for ${lost}` : "nothing missed";
+    setStatus(`${who}, reconnected (${state.reconnects}): ${how}`);
+  } else {
+    setStatus(who);
+  }
+  refreshRooms();
+}
+
 function connect() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(`${scheme}//${location.host}/api/ws`);
-  state.socket = socket;
+  state.client = new RoomsClient("/api/ws", {
+    onStatus: showStatus,
+    onOther: showOther,
+    onError: (event) => system(`${event.code}: ${event.message}`, "error"),
+    onReload: (room) => {
+      state.lost.add(room);
+      system(`#${room}: messages were missed and cannot be recovered`, "error");
+    },
+  });
+  window.chat = state; // for the browser test and the curious
   setStatus("connecting…");
-  socket.addEventListener("message", (event) => {
-    if (typeof event.data !== "string") {
-      system(`binary message of ${event.data.size} bytes`);
-      return;
-    }
-    let message;
-    try {
-      message = JSON.parse(event.data);
-    } catch (error) {
-      system(event.data); // plain text, for example from POST /api/broadcast {"message": "hi"}
-      return;
-    }
-    if (message !== null && typeof message === "object") handle(message);
-    else system(event.data);
-  });
-  socket.addEventListener("close", (event) => {
-    if (state.socket !== socket) return;
-    state.connectionId = null;
-    state.joined.clear();
-    renderJoined();
-    const delay = Math.min(10000, 500 * 2 ** state.attempts++);
-    setStatus(`disconnected (code ${event.code}), retrying in ${Math.ceil(delay / 1000)} s`);
-    setTimeout(connect, delay);
-  });
+  state.client.connect();
 }
 
 // Forms --------------------------------------------------------------------------------------
@@ -274,8 +252,8 @@ function setUp() {
     if (!document.hidden) refreshRooms();
   }, 5000);
 
-  renderJoined();
   connect();
+  renderJoined();
 }
 
 setUp();
