@@ -89,7 +89,8 @@ class RoomsClient:
         self.connects = 0  # how many times a connection was opened
         self._rooms: dict[str, _Room] = {}
         self._ws: ClientConnection | None = None
-        self._ready = asyncio.Event()  # connected, welcomed and rejoined
+        self._ready = asyncio.Event()  # connected and welcomed: joins may be sent
+        self._live = asyncio.Event()  # and every room rejoined, the offline queue sent
         # joins waiting for their answer, in the order sent (the server answers in order)
         self._pending: deque[tuple[str, asyncio.Future[dict[str, Any]]]] = deque()
         self._queue: list[str] = []
@@ -109,7 +110,7 @@ class RoomsClient:
         """Connect (waiting up to ``open_timeout`` for the first connection)."""
         self._task = asyncio.create_task(self._run(), name="fastapi_rooms.client")
         try:
-            await asyncio.wait_for(self._ready.wait(), self.open_timeout)
+            await asyncio.wait_for(self._live.wait(), self.open_timeout)
         except asyncio.TimeoutError:
             await self.close()
             raise ConnectionError(f"could not connect to {self.url}") from None
@@ -125,7 +126,8 @@ class RoomsClient:
 
     @property
     def connected(self) -> bool:
-        return self._ready.is_set()
+        """Connected, and every room rejoined (publishes go straight out)."""
+        return self._live.is_set()
 
     # Rooms --------------------------------------------------------------------------------------
 
@@ -145,6 +147,10 @@ class RoomsClient:
 
     async def leave(self, room: str) -> None:
         self._rooms.pop(room, None)
+        for name, reply in [p for p in self._pending if p[0] == room]:
+            self._pending.remove((name, reply))
+            if not reply.done():
+                reply.set_exception(ConnectionError(f"left {room!r} before it was joined"))
         if self.connected:
             await self._send({"type": "leave", "room": room})
 
@@ -177,8 +183,12 @@ class RoomsClient:
     # Internals ----------------------------------------------------------------------------------
 
     async def _join(self, room: str) -> dict[str, Any]:
+        if self._closing:
+            raise ConnectionError("the client is closed")
         await self._ready.wait()
-        state = self._rooms[room]
+        state = self._rooms.get(room)
+        if state is None:  # left meanwhile
+            raise ConnectionError(f"left {room!r} before it was joined")
         request: dict[str, Any] = {"type": "join", "room": room}
         if state.meta is not None:
             request["meta"] = state.meta
@@ -196,19 +206,26 @@ class RoomsClient:
 
     async def _run(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while not self._closing:
+            opened = None
             try:
                 async with connect(self.url, open_timeout=self.open_timeout) as ws:
                     self._ws = ws
                     self.connects += 1
-                    attempt = 0
+                    opened = loop.time()
                     await self._serve(ws)
             except (OSError, ConnectionClosed, InvalidStatus, asyncio.TimeoutError) as exc:
                 _log.info("rooms connection lost or refused: %r", exc)
+            except Exception:  # a broken handshake or welcome: log it, and try again
+                _log.exception("rooms connection failed")
             finally:
                 self._ws = None
                 self._ready.clear()
+                self._live.clear()
                 self._fail_pending()
+            if opened is not None and loop.time() - opened > _STABLE:
+                attempt = 0  # it held for a while: start the backoff over
             if self._closing:
                 break
             await self._backoff(attempt)
@@ -221,12 +238,16 @@ class RoomsClient:
 
     async def _serve(self, ws: ClientConnection) -> None:
         welcome = json.loads(await ws.recv())
+        if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
+            raise ValueError(f"expected a welcome event, got {welcome!r:.80}")
         self.connection_id = welcome.get("connection_id")
         reader = asyncio.create_task(self._read(ws))
         pinger = asyncio.create_task(self._ping(ws)) if self.ping_interval else None
         try:
             self._ready.set()
             for room in list(self._rooms):  # rejoin, from where each room was left
+                if room not in self._rooms:
+                    continue
                 try:
                     await self._join(room)
                 except JoinError as exc:
@@ -235,11 +256,14 @@ class RoomsClient:
             queued, self._queue = self._queue, []
             for text in queued:
                 await ws.send(text)
+            self._live.set()
             await reader
         finally:
-            reader.cancel()
-            if pinger is not None:
-                pinger.cancel()
+            for task in (reader, pinger):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     async def _ping(self, ws: ClientConnection) -> None:
         assert self.ping_interval is not None
@@ -265,6 +289,7 @@ class RoomsClient:
                     await self._dispatch(event)
         finally:
             self._ready.clear()
+            self._live.clear()
             self._fail_pending()
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
@@ -303,6 +328,7 @@ class RoomsClient:
             await _call(self.on_error, event)
 
 
+_STABLE = 10.0  # seconds a connection must hold before the backoff starts over
 _JOIN_REFUSALS = frozenset(("forbidden", "room_full", "too_many_rooms", "unknown_namespace"))
 
 

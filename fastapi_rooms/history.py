@@ -1,9 +1,10 @@
 """Room history in this process: offsets, epochs, trimming by size and age, recovery.
 
 Each room with history numbers its ``message`` events 1, 2, 3, ... without gaps. An epoch names
-one continuous history of one room: it changes when that history is lost (a new manager, the
-room's history expired), so a client's ``(offset, epoch)`` either still points into it or does
-not, and recovery says so. History is kept as the encoded frames, replayed as they were sent.
+one continuous history of one room: it changes when that history is lost (a new manager, or
+the room emptied and nothing was published to it for its TTL), so a client's
+``(offset, epoch)`` either still points into it or does not, and recovery says so. History
+is kept as the encoded frames, replayed as they were sent.
 """
 
 from __future__ import annotations
@@ -43,31 +44,48 @@ class _Room:
     offset: int = 0
     entries: deque[tuple[int, float, str]] = field(default_factory=deque)  # offset, time, frame
     touched: float = 0.0
+    ttl: float | None = None
 
 
 class History:
     """Histories of the rooms of one process (``RoomManager`` uses one without a backend)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        in_use: Callable[[str], bool] = lambda room: False,
+    ) -> None:
         self._rooms: dict[str, _Room] = {}
         self._clock = clock
+        self._in_use = in_use  # a room with members keeps its offsets and epoch
         self._appends = 0
 
-    def _sweep(self, now: float, ttl: float | None) -> None:
-        """Now and then, drop the histories nobody published to for longer than ``ttl``."""
+    def _sweep(self, now: float) -> None:
+        """Now and then, drop the histories of rooms without members that nobody published
+        to for longer than their own TTL (the next message there starts a new epoch)."""
         self._appends += 1
-        if ttl is None or self._appends % 1024:
+        if self._appends % 1024:
             return
-        for room in [r for r, s in self._rooms.items() if now - s.touched > ttl]:
+        for room in [
+            r
+            for r, s in self._rooms.items()
+            if s.ttl is not None and now - s.touched > s.ttl and not self._in_use(r)
+        ]:
             del self._rooms[room]
 
     def _room(self, room: str, ttl: float | None) -> _Room:
         now = self._clock()
         state = self._rooms.get(room)
-        if state is not None and ttl is not None and now - state.touched > ttl:
-            state = None  # nothing published for longer than the TTL: that history is gone
+        if (
+            state is not None
+            and ttl is not None
+            and now - state.touched > ttl
+            and not self._in_use(room)
+        ):
+            state = None  # emptied, and nothing published for its TTL: that history is gone
         if state is None:
             state = self._rooms[room] = _Room(epoch=uuid.uuid4().hex[:16], touched=now)
+        state.ttl = ttl
         return state
 
     def append(self, room: str, size: int, ttl: float | None, frame: Callable[[int], str]) -> int:
@@ -83,7 +101,7 @@ class History:
         while len(entries) > size:
             entries.popleft()
         self._expire(entries, now, ttl)
-        self._sweep(now, ttl)
+        self._sweep(now)
         return offset
 
     def position(self, room: str, ttl: float | None) -> Position:

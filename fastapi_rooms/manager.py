@@ -103,7 +103,7 @@ class RoomManager:
         self._dropped = 0
         self._discarded = 0
         self._closes: Counter[int] = Counter()
-        self._history = History()
+        self._history = History(in_use=registry.rooms.__contains__)
         self._fanout = 0  # fan-out passes in progress (a close during one is handled after it)
         self._deferred: list[tuple[str, WebSocket]] = []
         self._running_deferred = False
@@ -146,7 +146,13 @@ class RoomManager:
 
         Options are ``Namespace``'s fields. Rooms take the first declared pattern they match.
         """
-        return self.namespaces.add(Namespace(pattern, **options))
+        namespace = Namespace(pattern, **options)
+        if self.backplane is not None and self.namespaces.history(namespace)[0]:
+            raise ConfigurationError(
+                f"namespace {pattern!r}: room history is kept in one process only for now; "
+                "it cannot be used with a backend yet"
+            )
+        return self.namespaces.add(namespace)
 
     @property
     def authorize_join(self) -> JoinPolicy | None:
@@ -595,17 +601,21 @@ class RoomManager:
             return page.position, [], False
         return page.position, page.frames, True
 
-    async def history(self, room: str, *, since: int = 0, limit: int = 100) -> HistoryPage:
-        """The room's kept messages after offset ``since`` (oldest first, at most ``limit``).
+    async def history(
+        self, room: str, *, since: int = 0, limit: int = 100, epoch: str | None = None
+    ) -> HistoryPage:
+        """The room's kept messages after offset ``since`` of ``epoch`` (default: the
+        current one), oldest first, at most ``limit``.
 
-        ``complete`` is False when some messages after ``since`` are no longer kept;
+        ``complete`` is False when some messages after ``since`` are no longer kept (or the
+        epoch is another);
         LookupError for a room that keeps no history."""
         room = room_name(room)
         namespaces = self.namespaces
         size, ttl = namespaces.history(namespaces.resolve(room) or namespaces.default)
         if not size:
             raise LookupError(f"room {room!r} keeps no history (history_size is 0)")
-        return self._history.since(room, since, None, ttl, limit)
+        return self._history.since(room, since, epoch, ttl, limit)
 
     def _checked(self, room: str, message: BaseModel) -> Any:
         """A model sent to ``room``, validated against its namespace's ``message`` type."""

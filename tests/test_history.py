@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 
 from fastapi_rooms import ConfigurationError, RoomManager
 from fastapi_rooms.encoding import Frame
-from fastapi_rooms.history import History
+from fastapi_rooms.history import History, Position
 from fastapi_rooms.protocol import ServerEvent
 from fastapi_rooms.websocket import WebSocket
 
@@ -120,6 +120,20 @@ async def test_a_malformed_since_is_an_error_and_the_connection_lives(server: Se
         assert (await join(ws, room))["offset"] == 0
 
 
+async def test_a_member_asking_again_gets_no_replay(server: Server) -> None:
+    """A connection already in the room receives every message: a second join with ``since``
+    replays nothing (it could otherwise queue the history again and again)."""
+    room = name()
+    async with await connected(server) as ws:
+        epoch = (await join(ws, room))["epoch"]
+        for n in range(3):
+            await publish(ws, room, n)
+        for _ in range(3):
+            again = await join(ws, room, {"offset": 0, "epoch": epoch})
+            assert again["recovered"] is False and again["offset"] == 3
+        assert (await publish(ws, room, "next"))["offset"] == 4  # nothing queued before it
+
+
 async def test_a_room_without_history_answers_a_since_with_not_recovered(server: Server) -> None:
     async with await connected(server) as ws:
         joined = await join(ws, f"plain-{uuid.uuid4().hex[:6]}", {"offset": 3, "epoch": "e"})
@@ -168,6 +182,11 @@ async def test_history_over_rest(server: Server) -> None:
         assert (await http.get(f"/rooms/{room}/history", params={"limit": 1})).json()[
             "messages"
         ][0]["offset"] == 1
+        epoch = page["epoch"]
+        same = await http.get(f"/rooms/{room}/history", params={"since": 1, "epoch": epoch})
+        assert same.json()["complete"] is True
+        other = await http.get(f"/rooms/{room}/history", params={"since": 1, "epoch": "old"})
+        assert other.json()["complete"] is False and other.json()["messages"] == []
         missing = await http.get("/rooms/lobby/history")
         assert missing.status_code == 404 and "keeps no history" in missing.json()["detail"]
         assert (await http.get(f"/rooms/{room}/history", params={"since": -1})).status_code == 422
@@ -190,9 +209,30 @@ def test_epochs_trimming_and_ttl_with_a_fake_clock() -> None:
     now[0] = 12.0  # the first four are older than the TTL; m5 is not
     assert history.since("r", 4, epoch, 10.0).frames == ["m5"]
     assert not history.since("r", 3, epoch, 10.0).complete
-    now[0] = 30.0  # nothing published for longer than the TTL: the history is gone
+    now[0] = 30.0  # emptied, nothing published for longer than the TTL: the history is gone
     position = history.position("r", 10.0)
     assert position.offset == 0 and position.epoch != epoch
+    # a room with members keeps its offsets and epoch through a quiet spell (no silent reset)
+    busy = History(clock=lambda: now[0], in_use=lambda room: True)
+    busy.append("r", 3, 10.0, lambda offset: f"m{offset}")
+    kept = busy.position("r", 10.0)
+    now[0] = 100.0
+    assert busy.position("r", 10.0) == kept
+    assert busy.append("r", 3, 10.0, lambda offset: f"m{offset}") == 2
+    assert not busy.since("r", 0, kept.epoch, 10.0).complete  # m1 aged out: said so
+
+
+def test_each_room_is_swept_by_its_own_ttl() -> None:
+    now = [0.0]
+    history = History(clock=lambda: now[0])
+    history.append("short", 5, 1.0, lambda offset: "s")
+    history.append("forever", 5, None, lambda offset: "f")
+    epoch = history.position("forever", None).epoch
+    now[0] = 50.0
+    for _ in range(1024):  # the sweep runs every 1024 appends
+        history.append("other", 5, 1.0, lambda offset: "o")
+    assert history.position("forever", None) == Position(1, epoch)
+    assert history.position("short", 1.0).offset == 0  # swept: a new history
 
 
 async def test_history_with_a_backend_is_refused_at_start_up() -> None:
@@ -200,9 +240,8 @@ async def test_history_with_a_backend_is_refused_at_start_up() -> None:
     with pytest.raises(ConfigurationError, match="one process only"):
         await manager.start()
     other = RoomManager("redis://127.0.0.1:1/0")
-    other.namespace("chat:{name}", history_size=5)
-    with pytest.raises(ConfigurationError, match=r"'chat:\{name\}'"):
-        await other.start()
+    with pytest.raises(ConfigurationError, match=r"'chat:\{name\}'.*one process only"):
+        other.namespace("chat:{name}", history_size=5)
 
 
 async def test_a_replay_longer_than_the_buffer_is_not_overflow() -> None:
@@ -211,13 +250,15 @@ async def test_a_replay_longer_than_the_buffer_is_not_overflow() -> None:
     peer.writable.clear()  # the socket takes nothing for now
     frames = [Frame(f"replayed {n}").asgi for n in range(50)]
     assert all(ws.outbound.offer(frame, force=True) for frame in frames)
+    live = [Frame(f"live {n}").asgi for n in range(3)]  # the buffer's whole limit after it
+    assert all(ws.outbound.offer(frame) for frame in live)
     assert not ws.closed
     peer.writable.set()
     with anyio.fail_after(WAIT):
-        while len(peer.texts()) < 50:
+        while len(peer.texts()) < 53:
             await peer.got.wait()
             peer.got.clear()
-    assert peer.texts() == [f"replayed {n}" for n in range(50)]
+    assert peer.texts() == [f"replayed {n}" for n in range(50)] + [f"live {n}" for n in range(3)]
     peer.writable.clear()  # without force the same burst is a slow consumer
     for frame in frames:
         ws.outbound.offer(frame)

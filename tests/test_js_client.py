@@ -4,6 +4,7 @@ runner, against real servers (uvicorn and granian-rsgi): clients/js/test/rooms.t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -38,4 +39,5 @@ def test_the_client_under_nodes_test_runner(server: Server) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "pass 4" in done.stdout and "fail 0" in done.stdout, done.stdout
+    counts = dict(re.findall(r"^\S+ (pass|fail) (\d+)$", done.stdout, re.MULTILINE))
+    assert counts.get("fail") == "0" and int(counts.get("pass", "0")) >= 4, done.stdout

@@ -113,6 +113,7 @@ async def _handle(
     manager: RoomManager,
 ) -> None:
     if isinstance(request, Join):
+        member = connection_id in manager.rooms.get(request.room, ())
         try:
             # "joined" then means messages from every node reach this connection.
             await manager.join(connection_id, request.room, meta=request.meta)
@@ -130,8 +131,8 @@ async def _handle(
         # No await since the join: the position read now is the one live messages follow.
         since = request.since
         caught = manager.catch_up(
-            request.room, None if since is None else (since.offset, since.epoch)
-        )
+            request.room, None if since is None or member else (since.offset, since.epoch)
+        )  # a member already gets every message: nothing to replay
         if caught is None:  # a room without history
             joined = Joined(type="joined", room=request.room)
             if since is not None:
@@ -144,12 +145,14 @@ async def _handle(
             room=request.room,
             offset=position.offset,
             epoch=position.epoch,
-            recovered=None if since is None else recovered,
+            recovered=None if since is None else recovered and not member,
         )
         outbound = websocket.outbound
         outbound.offer(Frame(event_json(joined)).asgi, force=True)
-        for frame in frames:  # the replay may be longer than the buffer: it is not overflow
+        for frame in frames[:-1]:  # the replay may be longer than the buffer: not overflow
             outbound.offer(Frame(frame).asgi, force=True)
+        if frames:  # this connection's next request waits until the replay went out
+            await outbound.send(Frame(frames[-1]).asgi)
     elif isinstance(request, Leave):
         manager.leave_room(connection_id, request.room)
         await websocket.send_text(event_json(Left(type="left", room=request.room)))
@@ -176,7 +179,7 @@ async def _publish(
     try:
         namespace = manager.namespaces.require(room)
     except JoinRefused as exc:  # declared strict after this connection joined
-        await websocket.send_text(_error("unknown_namespace", exc.reason))
+        await websocket.send_text(_error("publish_forbidden", exc.reason))
         return
     refusal = namespace.publish_refusal(user_id, room)
     if refusal is not None:

@@ -222,10 +222,12 @@ def add_rest_endpoints(
         manager: Manager,
         since: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        epoch: Annotated[str | None, Query(max_length=64)] = None,
     ) -> RoomHistory:
-        """A room's kept messages after offset ``since`` (rooms with history only)."""
+        """A room's kept messages after offset ``since`` (of ``epoch``, default the current
+        one; rooms with history only)."""
         try:
-            page = await manager.history(room, since=since, limit=limit)
+            page = await manager.history(room, since=since, limit=limit, epoch=epoch)
         except LookupError as exc:
             raise HTTPException(404, detail=str(exc)) from None
         return RoomHistory(

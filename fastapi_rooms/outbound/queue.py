@@ -128,6 +128,7 @@ class Outbound:
         "_cork_frames",
         "_corked",
         "_epoch",
+        "_forced",
         "_inflight",
         "_limit",
         "_on_dead",
@@ -169,6 +170,7 @@ class Outbound:
         self._corked = False  # frames wait for the end of the pass, not behind a write
         self._cork_frames = min(limit, _CORK_FRAMES) if sink.corks else 0
         self._cork_bytes = 0
+        self._forced = 0  # forced frames still queued: the limit applies on top of them
         self.busy = False
         self.closed = False
         self.dropped = 0  # frames refused by the overflow policy
@@ -183,7 +185,8 @@ class Outbound:
     def offer(self, event: Event, force: bool = False) -> bool:
         """Hand over a frame without waiting; False when dropped or the connection is gone.
 
-        ``force`` queues it past the buffer's limit (a history replay, bounded by its size)."""
+        ``force`` queues it past the buffer's limit (a history replay, bounded by its size);
+        the frames offered after it still have the whole limit."""
         if self.closed:
             return False
         if self.busy:
@@ -192,11 +195,13 @@ class Outbound:
                 if len(queue) < self._cork_frames and self._cork_bytes < _CORK_BYTES:
                     queue.append(event)
                     self._cork_bytes += _size(event)
+                    self._forced += force
                     return True
                 self._uncork()  # a full cork: write this batch now, start another
                 return self.offer(event, force)
-            if force or len(queue) < self._limit:
+            if force or len(queue) < self._limit + self._forced:
                 queue.append(event)
+                self._forced += force
                 return True
             return self._overflow()
         if self._cork_frames:
@@ -264,6 +269,8 @@ class Outbound:
         queue = self._queue
         while queue:
             entry = queue.popleft()
+            if self._forced:
+                self._forced -= 1
             if type(entry) is tuple:
                 written = self._write(entry[0], entry[1])
             else:
@@ -350,6 +357,7 @@ class Outbound:
         self.busy = True
         self._corked = False
         inflight, self._inflight = self._inflight, None
+        self._forced = 0
         _fail_waiter(self._waiter)
         self._waiter = None
         queue = self._queue

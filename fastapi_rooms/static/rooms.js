@@ -12,6 +12,7 @@
 // the gap ("recovered": false): reload that room's state from the app.
 
 const JOIN_REFUSALS = new Set(["forbidden", "room_full", "too_many_rooms", "unknown_namespace"]);
+const STABLE_MS = 10000; // a connection that held this long starts the backoff over
 
 export class JoinError extends Error {
   constructor(room, code, message) {
@@ -44,6 +45,8 @@ export class RoomsClient {
     this._pending = []; // [room, resolve, reject], in the order the joins were sent
     this._queue = [];
     this._attempt = 0;
+    this._opened = 0;
+    this._live = false; // welcomed, every room rejoined, the offline queue sent
     this._closing = false;
     this._ready = null;
     this._readyResolve = null;
@@ -52,18 +55,19 @@ export class RoomsClient {
   }
 
   get connected() {
-    return this._socket !== null && this._readyResolve === null;
+    return this._socket !== null && this._live;
   }
 
   connect() {
     this._closing = false;
-    this._open();
+    if (this._socket === null && this._timer === null) this._open();
     return this._ready;
   }
 
   close() {
     this._closing = true;
     clearTimeout(this._timer);
+    this._timer = null;
     if (this._socket) this._socket.close(1000);
   }
 
@@ -79,6 +83,10 @@ export class RoomsClient {
 
   leave(room) {
     this.rooms.delete(room);
+    for (const entry of this._pending.filter(([name]) => name === room)) {
+      this._pending.splice(this._pending.indexOf(entry), 1);
+      entry[2](new Error(`left ${JSON.stringify(room)} before it was joined`));
+    }
     if (this.connected) this._send({ type: "leave", room });
   }
 
@@ -106,8 +114,10 @@ export class RoomsClient {
   }
 
   async _join(room) {
+    if (this._closing) throw new Error("the client is closed");
     await this._ready;
     const state = this.rooms.get(room);
+    if (!state) throw new Error(`left ${JSON.stringify(room)} before it was joined`);
     const request = { type: "join", room };
     if (state.meta !== null) request.meta = state.meta;
     if (state.offset !== null) request.since = { offset: state.offset, epoch: state.epoch };
@@ -122,10 +132,12 @@ export class RoomsClient {
   }
 
   _open() {
+    this._timer = null;
     const socket = new this.WebSocket(this.url);
     this._socket = socket;
     let welcomed = false;
     socket.onmessage = (message) => {
+      if (socket !== this._socket) return; // an old socket's last words
       let event;
       try {
         event = JSON.parse(message.data);
@@ -137,7 +149,7 @@ export class RoomsClient {
         if (this.onOther) this.onOther(event);
       } else if (!welcomed && event.type === "welcome") {
         welcomed = true;
-        this._welcome(event);
+        this._welcome(event, socket);
       } else {
         this._dispatch(event);
       }
@@ -146,26 +158,30 @@ export class RoomsClient {
     socket.onerror = () => {}; // onclose follows
   }
 
-  async _welcome(event) {
+  async _welcome(event, socket) {
     this.connectionId = event.connection_id;
     this.connects += 1;
-    this._attempt = 0;
+    this._opened = Date.now();
     const resolve = this._readyResolve;
     this._readyResolve = null;
     resolve();
+    clearInterval(this._pinger);
     if (this.pingInterval) {
       this._pinger = setInterval(() => this.connected && this._send({ type: "ping" }), this.pingInterval);
     }
     for (const room of [...this.rooms.keys()]) {
+      if (!this.rooms.has(room)) continue;
       try {
         await this._join(room);
       } catch (error) {
         if (error instanceof JoinError) this.rooms.delete(room);
-        else return; // the connection went away again
+        else if (socket !== this._socket) return; // the connection went away again
       }
     }
+    if (socket !== this._socket) return;
     const queued = this._queue.splice(0);
-    for (const text of queued) this._socket.send(text);
+    for (const text of queued) socket.send(text);
+    this._live = true;
     if (this.onStatus) this.onStatus("connected");
   }
 
@@ -173,10 +189,13 @@ export class RoomsClient {
     if (socket !== this._socket) return;
     clearInterval(this._pinger);
     this._socket = null;
+    this._live = false;
     if (this._readyResolve === null) this._resetReady();
     for (const [, , reject] of this._pending.splice(0)) reject(new Error("connection lost"));
     if (this.onStatus) this.onStatus("disconnected");
     if (this._closing) return;
+    if (this._opened && Date.now() - this._opened > STABLE_MS) this._attempt = 0;
+    this._opened = 0;
     const step = Math.min(this.maxBackoff, this.backoff * 2 ** this._attempt);
     this._attempt += 1;
     this._timer = setTimeout(() => this._open(), this._delay(step));
@@ -197,7 +216,11 @@ export class RoomsClient {
     } else if (event.type === "joined" && state) {
       if (typeof event.epoch === "string") {
         if (event.recovered === false && state.offset !== null && this.onReload) {
-          this.onReload(event.room);
+          try {
+            this.onReload(event.room);
+          } catch (error) {
+            console.error("onReload failed", error);
+          }
         }
         if (event.recovered !== true) {
           state.offset = event.offset ?? 0;

@@ -28,25 +28,24 @@ class GatedClient extends RoomsClient {
   }
 }
 
-/** Collects a room's messages; until(n) resolves once n arrived. */
+/** Collects a room's messages; until(n) resolves once n arrived (or fails after WAIT). */
 function inbox() {
   const events = [];
-  let wake = null;
+  const waiting = []; // [n, resolve]
   const collect = (event) => {
     events.push(event);
-    if (wake) wake();
+    for (const entry of waiting.filter(([n]) => events.length >= n)) {
+      waiting.splice(waiting.indexOf(entry), 1);
+      entry[1](events);
+    }
   };
   collect.events = events;
-  collect.until = async (n) => {
-    const deadline = Date.now() + WAIT;
-    while (events.length < n) {
-      if (Date.now() > deadline) throw new Error(`only ${events.length} of ${n} messages`);
-      await new Promise((resolve) => {
-        wake = resolve;
-        setTimeout(resolve, 200);
-      });
-    }
-    return events;
+  collect.until = (n) => {
+    if (events.length >= n) return Promise.resolve(events);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`only ${events.length} of ${n} messages`)), WAIT);
+      waiting.push([n, (value) => (clearTimeout(timer), resolve(value))]);
+    });
   };
   return collect;
 }
