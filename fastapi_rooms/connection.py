@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .encoding import Frame
 from .history import Position
 from .websocket import WebSocket
 
@@ -44,8 +43,8 @@ class Connection:
         if caught is None:
             return None
         position, frames, recovered = caught
-        for frame in frames:
-            self.websocket.outbound.offer(Frame(frame).asgi, force=True)
+        if frames:
+            await self.websocket.outbound.replay(frames)
         return position, recovered
 
     def leave(self, room: str) -> None:

@@ -565,7 +565,9 @@ class RoomManager:
         """The ``message`` event (``protocol.MessageEvent``) of already-validated ``data``;
         in a room with history it carries the room's next ``offset`` and is kept."""
         namespaces = self.namespaces
-        size, ttl = namespaces.history(namespace or namespaces.resolve(room) or namespaces.default)
+        size, ttl = (
+            namespaces.room_history(room) if namespace is None else namespaces.history(namespace)
+        )
         if not size:
             event = {"type": "message", "room": room, "from": sender, "data": data}
             return await self.broadcast_to_room(room, event, exclude=exclude)
@@ -590,8 +592,7 @@ class RoomManager:
         connection before anything else: then they and the live messages follow each other
         without a gap or a duplicate."""
         room = room_name(room)
-        namespaces = self.namespaces
-        size, ttl = namespaces.history(namespaces.resolve(room) or namespaces.default)
+        size, ttl = self.namespaces.room_history(room)
         if not size:
             return None
         if since is None:
@@ -611,8 +612,7 @@ class RoomManager:
         epoch is another);
         LookupError for a room that keeps no history."""
         room = room_name(room)
-        namespaces = self.namespaces
-        size, ttl = namespaces.history(namespaces.resolve(room) or namespaces.default)
+        size, ttl = self.namespaces.room_history(room)
         if not size:
             raise LookupError(f"room {room!r} keeps no history (history_size is 0)")
         return self._history.since(room, since, epoch, ttl, limit)

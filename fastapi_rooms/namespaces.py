@@ -268,6 +268,10 @@ class Namespaces:
             default.history_ttl if ttl is None else ttl,
         )
 
+    def room_history(self, room: str) -> tuple[int, float | None]:
+        """The history size and TTL of ``room`` (the default's for a room matching none)."""
+        return self.history(self.resolve(room) or self.default)
+
     def resolve(self, room: str) -> Namespace | None:
         """The first declared namespace ``room`` matches, else the default (None if strict)."""
         for namespace in self._declared:

@@ -9,7 +9,6 @@ import uuid
 
 from pydantic import ValidationError
 
-from ..encoding import Frame
 from ..errors import CloseCode, ConnectionClosed, JoinRefused, MessageTooBig
 from ..manager import RoomManager
 from ..policy import Limits, RateLimiter
@@ -147,12 +146,8 @@ async def _handle(
             epoch=position.epoch,
             recovered=None if since is None else recovered and not member,
         )
-        outbound = websocket.outbound
-        outbound.offer(Frame(event_json(joined)).asgi, force=True)
-        for frame in frames[:-1]:  # the replay may be longer than the buffer: not overflow
-            outbound.offer(Frame(frame).asgi, force=True)
-        if frames:  # this connection's next request waits until the replay went out
-            await outbound.send(Frame(frames[-1]).asgi)
+        # joined, then the missed messages, ahead of any live one; the next request waits
+        await websocket.outbound.replay([event_json(joined), *frames])
     elif isinstance(request, Leave):
         manager.leave_room(connection_id, request.room)
         await websocket.send_text(event_json(Left(type="left", room=request.room)))
@@ -207,7 +202,7 @@ async def _publish(
             return
     try:
         await manager._publish(
-            room, data, connection_id, connection_id if request.exclude_self else None
+            room, data, connection_id, connection_id if request.exclude_self else None, namespace
         )
     except MessageTooBig as exc:
         await websocket.send_text(_error("message_too_big", str(exc)))

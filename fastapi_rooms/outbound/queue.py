@@ -286,6 +286,15 @@ class Outbound:
             self._corked = False
             self._flush()
 
+    async def replay(self, texts: list[str]) -> None:
+        """One or more text frames handed over as a whole (a history replay), queued
+        on top of the limit; returns once the last went out, so a caller that waits cannot
+        queue another replay before."""
+        *head, last = texts
+        for text in head:
+            self.offer({"type": "websocket.send", "text": text}, force=True)
+        await self.send({"type": "websocket.send", "text": last})
+
     async def send(self, event: Event) -> None:
         """Send a frame and wait until the sink took it, after every frame queued before it."""
         if self.closed:
