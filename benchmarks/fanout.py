@@ -798,6 +798,21 @@ class Session:
         """Every server's control stats (members, messages_delivered, backend, ...)."""
         return [json.loads(await c.ask("stats", 10)) for c in self.controls]
 
+    async def settled_stats(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """``all_stats`` once no server has an envelope queued or in flight to the backend.
+
+        Members can have every message before the publisher has read Redis's reply to its last
+        batch, and only then is that batch counted as out.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = await self.all_stats()
+            if all(not s.get("backend", {}).get("pending") for s in stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backend still has envelopes pending after {timeout}s")
+            await asyncio.sleep(0.005)
+
     async def measure(self, result: Result, pids: Sequence[int]) -> None:
         """One round: the measured burst, then spaced single broadcasts for latency.
 
@@ -809,7 +824,7 @@ class Session:
         tracker = self.tracker
         mismatches = tracker.mismatches
         start_counts = [m.count for m in self.members]
-        stats0 = await self.all_stats() if self.multi else []
+        stats0 = await self.settled_stats() if self.multi else []
         redis0 = process_cpu(self.redis_pid) if self.redis_pid else None
         cpu0 = [process_cpu(pid) for pid in pids]
         loop0 = [cpu_seconds(pid) for pid in pids]
@@ -831,7 +846,7 @@ class Session:
         if busy:
             result.server_core_busy_seconds, result.client_core_busy_seconds = busy
         redis1 = process_cpu(self.redis_pid) if self.redis_pid else None
-        stats1 = await self.all_stats() if self.multi else []
+        stats1 = await self.settled_stats() if self.multi else []
         t_reached = tracker.t_reached[first : first + cfg.messages]
         if all(t_reached):  # every member got every message
             result.burst_message_ms = [(t - self.t_burst) * 1000 for t in t_reached]

@@ -62,6 +62,7 @@ class Backplane:
         self._pending: deque[tuple[str, bytes, asyncio.Future[int] | None]] = deque()
         self._pending_event = asyncio.Event()
         self._flushed = asyncio.Event()  # set while nothing is queued or being written
+        self._in_flight = 0  # envelopes in the batch being written now
         self._flushed.set()
         self._writer_idle = False
         self.all_channel = f"{prefix}:all"
@@ -466,6 +467,7 @@ class Backplane:
                     size += len(item[1])
                     batch.append(item)
                 items = [(channel, payload) for channel, payload, _ in batch]
+                self._in_flight = len(batch)
                 try:
                     counts = await asyncio.wait_for(
                         self.backend.publish_many(items), self.publish_timeout
@@ -479,6 +481,8 @@ class Backplane:
                         if future is not None and not future.done():
                             future.set_result(0)
                     raise
+                finally:
+                    self._in_flight = 0
                 self.messages_out += len(batch)
                 for (_, _, future), count in zip(batch, counts, strict=True):
                     if future is not None and not future.done():
@@ -521,7 +525,7 @@ class Backplane:
             "messages_out": self.messages_out,
             "publish_errors": self.publish_errors,
             "publish_dropped": self.publish_dropped,
-            "pending": len(self._pending),
+            "pending": len(self._pending) + self._in_flight,  # queued or being written
             "malformed_envelopes": self.malformed,
             "presence_errors": self.presence_errors,
             "deliver_errors": self.deliver_errors,
