@@ -38,8 +38,7 @@ class Connection:
         In a room with history: the room's position and whether ``since=(offset, epoch)``
         was recovered, the missed messages then already handed to the connection, ahead of
         any live one (None for a room without history)."""
-        await self.manager.join(self.id, room, meta=meta)
-        caught = self.manager.catch_up(room, since)  # no await since the join: no gap
+        caught = await self.manager.join_recovering(self.id, room, meta=meta, since=since)
         if caught is None:
             return None
         position, frames, recovered = caught

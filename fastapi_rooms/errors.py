@@ -29,6 +29,7 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # the handler raised
     SERVICE_RESTART = 1012  # uvicorn's own close at shutdown
     TRY_AGAIN_LATER = 1013  # slow consumer: its outbound buffer overflowed
+    RESYNC = 4000  # missed messages of a room with history, or it is unavailable: reconnect
 
 
 class RoomsError(Exception):

@@ -108,6 +108,15 @@ class History:
         state = self._room(room, ttl)
         return Position(state.offset, state.epoch)
 
+    def peek(self, room: str, ttl: float | None) -> Position | None:
+        """The room's position, or None when it has no history (without starting one)."""
+        state = self._rooms.get(room)
+        if state is None or (
+            ttl is not None and self._clock() - state.touched > ttl and not self._in_use(room)
+        ):
+            return None
+        return Position(state.offset, state.epoch)
+
     def since(
         self, room: str, offset: int, epoch: str | None, ttl: float | None, limit: int | None = None
     ) -> HistoryPage:

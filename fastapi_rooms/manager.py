@@ -18,15 +18,18 @@ from starlette.websockets import WebSocket as StarletteWebSocket
 from typing_extensions import Unpack
 
 from .backends import Backend, backend_from_url
+from .backends.base import Append, RoomHistory
 from .backplane import Backplane, Envelope
 from .backplane import encode as encode_envelope
+from .backplane.envelope import numbered_prefix
 from .connection import Connection
 from .encoding import Frame, default_max_message_bytes, encode, json_dumps, oversize, room_name
-from .errors import CloseCode, ConfigurationError, JoinRefused
+from .errors import CloseCode, ConfigurationError, JoinRefused, MessageTooBig
 from .history import History, HistoryPage, Position
 from .namespaces import JoinPolicy, Namespace, NamespaceOptions, Namespaces
 from .outbound import Overflow
 from .registry import Registry
+from .streams import Streams
 from .websocket import WebSocket
 
 __all__ = ["RoomManager"]
@@ -48,7 +51,8 @@ class RoomManager:
     ``authorize_join``, ``max_room_members`` and ``presence_events`` are the rules of rooms
     that match no declared ``namespace()``; ``strict_namespaces=True`` refuses such rooms.
     ``history_size``/``history_ttl``: the messages every room keeps for recovery, and for
-    how long (0: no history; a namespace may say otherwise). History is in-process only.
+    how long (0: no history; a namespace may say otherwise). With a backend, the backend
+    keeps them (a TTL is then required) and numbers each room's messages for every node.
     """
 
     def __init__(
@@ -104,6 +108,8 @@ class RoomManager:
         self._discarded = 0
         self._closes: Counter[int] = Counter()
         self._history = History(in_use=registry.rooms.__contains__)
+        self._streams = Streams()  # rooms whose history the backend keeps, as seen here
+        self._resyncs = 0
         self._fanout = 0  # fan-out passes in progress (a close during one is handled after it)
         self._deferred: list[tuple[str, WebSocket]] = []
         self._running_deferred = False
@@ -135,6 +141,8 @@ class RoomManager:
                 node=self.node_id,
                 prefix=prefix,
                 deliver=self._deliver_remote,
+                positioned=self._positioned,
+                history_rooms=self._history_rooms,
                 directory_ttl=node_ttl,
             )
         )
@@ -147,12 +155,26 @@ class RoomManager:
         Options are ``Namespace``'s fields. Rooms take the first declared pattern they match.
         """
         namespace = Namespace(pattern, **options)
-        if self.backplane is not None and self.namespaces.history(namespace)[0]:
-            raise ConfigurationError(
-                f"namespace {pattern!r}: room history is kept in one process only for now; "
-                "it cannot be used with a backend yet"
-            )
+        self._check_history(namespace)
         return self.namespaces.add(namespace)
+
+    def _check_history(self, namespace: Namespace) -> None:
+        """With a backend, history is kept there: it must support it, and keys must expire."""
+        backplane = self.backplane
+        size, ttl = self.namespaces.history(namespace)
+        if backplane is None or not size:
+            return
+        if not isinstance(backplane.backend, RoomHistory):
+            raise ConfigurationError(
+                f"rooms {namespace.pattern!r} keep history, but the backend "
+                f"{type(backplane.backend).__name__} cannot keep it (no write_many, "
+                "history_read, history_touch)"
+            )
+        if ttl is None:
+            raise ConfigurationError(
+                f"rooms {namespace.pattern!r} keep history in the backend: set history_ttl "
+                "(seconds) so that it expires there"
+            )
 
     @property
     def authorize_join(self) -> JoinPolicy | None:
@@ -374,6 +396,8 @@ class RoomManager:
         emptied, meta = self._registry.leave(connection_id, room)
         backplane = self.backplane
         if backplane is not None:
+            if self._streams:
+                self._streams.leave(room, connection_id, emptied)
             if emptied:
                 backplane.unwant(backplane.room_channel(room))
             backplane.presence_remove(room, connection_id)
@@ -568,19 +592,31 @@ class RoomManager:
         size, ttl = (
             namespaces.room_history(room) if namespace is None else namespaces.history(namespace)
         )
+        event = {"type": "message", "room": room, "from": sender, "data": data}
         if not size:
-            event = {"type": "message", "room": room, "from": sender, "data": data}
             return await self.broadcast_to_room(room, event, exclude=exclude)
-        encoded: list[Frame] = []
-
-        def frame(offset: int) -> str:
-            event = {"type": "message", "room": room, "from": sender, "data": data}
-            event["offset"] = offset
-            encoded.append(self.encode(event))
-            return str(encoded[0].data)
-
-        self._history.append(room, size, ttl, frame)
-        return await self._send_frame(room, encoded[0], exclude)
+        # The frame with its offset is head + offset + tail: encoded once, numbered later.
+        text = self.encode(event).data
+        if not isinstance(text, str) or not text.rstrip().endswith("}"):
+            raise ValueError(f"json_dumps should give a JSON object as text, got {text[:40]!r}")
+        head, tail = text.rstrip()[:-1] + ',"offset":', "}"
+        if len(head.encode()) + 17 > self.max_message_bytes:  # 17: the widest offset, and "}"
+            raise MessageTooBig(len(head.encode()) + 17, self.max_message_bytes)
+        backplane = self.backplane
+        if backplane is None:
+            offset = self._history.append(room, size, ttl, lambda n: f"{head}{n}{tail}")
+            return await self._send_frame(room, Frame(f"{head}{offset}{tail}"), exclude)
+        skip: tuple[str, ...] = ()
+        if exclude is not None:
+            skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        prefix = numbered_prefix(Envelope(self.node_id, "room", room, skip, ""))
+        keep = max(ttl or 0.0, self.node_ttl)
+        item = Append(room, prefix, head, tail, size, ttl or 0.0, keep)
+        # Every node, this one too, hands it on once the backend has numbered it.
+        if not await backplane.append(backplane.room_channel(room), item):
+            return 0
+        members = self._rooms.get(room, {})
+        return len(members) - len(set(skip).intersection(members))
 
     def catch_up(
         self, room: str, since: tuple[int, str] | None = None
@@ -602,6 +638,69 @@ class RoomManager:
             return page.position, [], False
         return page.position, page.frames, True
 
+    async def join_recovering(
+        self,
+        connection_id: str,
+        room: str,
+        *,
+        meta: Any = None,
+        since: tuple[int, str] | None = None,
+    ) -> tuple[Position, list[str], bool] | None:
+        """``join``, then, in a room with history, its position and the frames to hand the
+        connection ahead of any live message: the ones after ``since=(offset, epoch)`` when
+        they are all kept (then ``recovered`` is True), and, with a backend, the live ones
+        that arrived during the history read. None for a room without history, and for a
+        connection closed with ``CloseCode.RESYNC`` because the backend could not answer.
+
+        A connection already in the room gets its position and nothing to replay.
+        """
+        room = room_name(room)
+        member = connection_id in self._rooms.get(room, ())
+        size, ttl = self.namespaces.room_history(room)
+        backplane = self.backplane
+        if not size or backplane is None:
+            await self.join(connection_id, room, meta=meta)
+            # no await since the join: the position read now is the one live messages follow
+            return self.catch_up(room, None if member else since)
+        if member:
+            await self.join(connection_id, room, meta=meta)
+            position = self._streams.position(room)
+            if position is not None:
+                return position, [], False
+            since = None
+        self._streams.hold(room, connection_id)  # live messages wait for the history read
+        try:
+            await self.join(connection_id, room, meta=meta)
+        finally:
+            if connection_id not in self._rooms.get(room, ()):
+                self._streams.leave(room, connection_id, room not in self._rooms)
+        try:
+            page = await backplane.history_read(
+                room,
+                0 if since is None else since[0],
+                None if since is None else since[1],
+                0 if since is None else None,
+                ttl or 0.0,
+                max(ttl or 0.0, self.node_ttl),
+            )
+        except Exception as exc:
+            self._resync_one(room, connection_id, f"room history unavailable ({exc!r})")
+            return None
+        released = self._streams.release(room, connection_id, page.position)
+        if released is None:
+            self._resync_one(room, connection_id, "history changed during the join")
+            return None
+        live, stale = released
+        if stale:
+            self._resync(room, {connection_id}, "the room's history was lost")
+        recovered = since is not None and page.complete
+        frames = (
+            [*page.frames, *(frame.data for frame in live)]
+            if recovered
+            else [frame.data for frame in live]
+        )
+        return page.position, frames, recovered
+
     async def history(
         self, room: str, *, since: int = 0, limit: int = 100, epoch: str | None = None
     ) -> HistoryPage:
@@ -615,7 +714,11 @@ class RoomManager:
         size, ttl = self.namespaces.room_history(room)
         if not size:
             raise LookupError(f"room {room!r} keeps no history (history_size is 0)")
-        return self._history.since(room, since, epoch, ttl, limit)
+        backplane = self.backplane
+        if backplane is None:
+            return self._history.since(room, since, epoch, ttl, limit)
+        keep = max(ttl or 0.0, self.node_ttl)
+        return await backplane.history_read(room, since, epoch, limit, ttl or 0.0, keep)
 
     def _checked(self, room: str, message: BaseModel) -> Any:
         """A model sent to ``room``, validated against its namespace's ``message`` type."""
@@ -680,6 +783,69 @@ class RoomManager:
         envelope = Envelope(self.node_id, kind, target, skip, frame.data)
         return functools.partial(backplane.publish, channel, envelope)
 
+    def _deliver_numbered(self, envelope: Envelope, frame: Frame) -> None:
+        """A message of a room whose history the backend keeps, from any node (this one
+        too), in offset order: to the members here that are not joining or covered."""
+        room = envelope.target
+        members = self._rooms.get(room)
+        if not members:
+            return
+        skip, spared = self._streams.arrive(room, envelope.offset, envelope.epoch, frame)
+        if spared is not None:
+            self._resync(room, spared, f"messages before offset {envelope.offset} were missed")
+            members = self._rooms.get(room)
+            if not members:
+                return
+        if skip:
+            skip.update(envelope.exclude)
+            self._deliver(members, frame, skip)
+        else:
+            self._deliver(members, frame, envelope.exclude or None)
+
+    def _resync(self, room: str, spared: set[str], why: str) -> None:
+        """Close the members of ``room`` here (but ``spared``) with ``CloseCode.RESYNC``:
+        they reconnect, rejoin with their last offset, and recover what they missed."""
+        members = self._rooms.get(room)
+        closing = [cid for cid in (members or ()) if cid not in spared]
+        if not closing:
+            return
+        _log.warning(
+            "room %r: %s; closing %d member(s) here with %d so they recover",
+            room,
+            why,
+            len(closing),
+            CloseCode.RESYNC,
+        )
+        for cid in closing:
+            self._resync_one(room, cid, why)
+
+    def _resync_one(self, room: str, connection_id: str, why: str) -> None:
+        ws = self._connections.get(connection_id)
+        if ws is None:
+            return
+        self._resyncs += 1
+        ws._abort(CloseCode.RESYNC, f"room {room}: {why}; reconnect to recover")
+
+    def _positioned(self, positions: dict[str, Position | None]) -> None:
+        """The backend's positions of the rooms with history here (a heartbeat)."""
+        for room, position in positions.items():
+            if self._streams.positioned(room, position):
+                why = (
+                    "the room's history is gone"
+                    if position is None
+                    else f"the backend is at offset {position.offset}, which never arrived"
+                )
+                self._resync(room, self._streams.holding(room), why)
+
+    def _history_rooms(self) -> dict[str, float]:
+        """Rooms with history and members here, each with how long the backend keeps it."""
+        out = {}
+        for room in self._streams.rooms():
+            if room in self._rooms:
+                ttl = self.namespaces.room_history(room)[1]
+                out[room] = max(ttl or 0.0, self.node_ttl)
+        return out
+
     def _deliver_remote(self, envelope: Envelope) -> None:
         """An envelope from another node: deliver to the local connections it names."""
         size = oversize(envelope.data, self.max_message_bytes)
@@ -693,6 +859,9 @@ class RoomManager:
             self._dropped += 1
             return
         frame = Frame(envelope.data)
+        if envelope.offset:
+            self._deliver_numbered(envelope, frame)
+            return
         exclude = envelope.exclude or None
         if envelope.kind == "room":
             members = self._rooms.get(envelope.target)
@@ -723,18 +892,8 @@ class RoomManager:
         keeps connecting in the background.
         """
         backplane = self.backplane
-        if backplane is not None:
-            namespaces = self.namespaces
-            kept = [
-                ns.pattern
-                for ns in (namespaces.default, *namespaces)
-                if namespaces.history(ns)[0]
-            ]
-            if kept:
-                raise ConfigurationError(
-                    f"room history ({', '.join(map(repr, kept))}) is kept in one process only "
-                    "for now: it cannot be used with a backend yet"
-                )
+        for namespace in (self.namespaces.default, *self.namespaces):
+            self._check_history(namespace)
         self._started = True
         if backplane is None:
             return
@@ -823,6 +982,7 @@ class RoomManager:
             "messages_discarded_at_close": self._discarded,
             "buffered": sum(ws.buffered for ws in self._connections.values()),
             "slow_consumer_closes": self._closes[CloseCode.TRY_AGAIN_LATER],
+            "resync_closes": self._resyncs,
             "closes_by_code": {str(code): n for code, n in sorted(self._closes.items())},
             "backend": (
                 {"type": "local", "connected": True}
@@ -845,4 +1005,3 @@ def _group_by_user(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "connections"
             ].append(conn)
     return [users[u] for u in sorted(users)] + anonymous
-

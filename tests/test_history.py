@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection
 
 from fastapi_rooms import ConfigurationError, RoomManager
+from fastapi_rooms.backends import MemoryBackend
 from fastapi_rooms.encoding import Frame
 from fastapi_rooms.history import History, Position
 from fastapi_rooms.protocol import ServerEvent
@@ -235,13 +236,21 @@ def test_each_room_is_swept_by_its_own_ttl() -> None:
     assert history.position("short", 1.0).offset == 0  # swept: a new history
 
 
-async def test_history_with_a_backend_is_refused_at_start_up() -> None:
+async def test_history_in_a_backend_needs_a_ttl_and_a_backend_that_keeps_it() -> None:
     manager = RoomManager("redis://127.0.0.1:1/0", history_size=10)
-    with pytest.raises(ConfigurationError, match="one process only"):
+    with pytest.raises(ConfigurationError, match=r"rooms '\*' keep history.*history_ttl"):
         await manager.start()
     other = RoomManager("redis://127.0.0.1:1/0")
-    with pytest.raises(ConfigurationError, match=r"'chat:\{name\}'.*one process only"):
+    with pytest.raises(ConfigurationError, match=r"'chat:\{name\}'.*set history_ttl"):
         other.namespace("chat:{name}", history_size=5)
+    other.namespace("chat:{name}", history_size=5, history_ttl=60)  # with a TTL: fine
+
+    class PubSubOnly(MemoryBackend):  # a third-party backend that keeps no history
+        write_many = history_read = history_touch = None  # type: ignore[assignment]
+
+    third = RoomManager(PubSubOnly())
+    with pytest.raises(ConfigurationError, match="PubSubOnly cannot keep it"):
+        third.namespace("news:{name}", history_size=5, history_ttl=60)
 
 
 async def test_a_replay_longer_than_the_buffer_is_not_overflow() -> None:

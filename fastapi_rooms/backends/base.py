@@ -1,15 +1,20 @@
 """The backend contract, by concern: move bytes between processes (pub/sub), find a
-connection's node (directory), and list a room's members on every node (presence).
+connection's node (directory), list a room's members on every node (presence), and, for
+rooms with history, number and keep their messages (history).
 
-Membership stays in the manager; a backend keeps no state the manager cannot rebuild.
+Membership stays in the manager; a backend keeps no state the manager cannot rebuild, except
+room history, which is the point of keeping it there.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "Directory", "Presence", "PubSub"]
+from ..history import HistoryPage, Position
+
+__all__ = ["Append", "Backend", "Directory", "Presence", "PubSub", "RoomHistory"]
 
 
 @runtime_checkable
@@ -70,3 +75,45 @@ class Presence(Protocol):
 @runtime_checkable
 class Backend(PubSub, Directory, Presence, Protocol):
     """What ``RoomManager(backend=...)`` needs: all three concerns on one service."""
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """A message of a room with history, to number, keep and publish in one atomic step.
+
+    With the room's next offset N, the kept frame is ``head + N + tail`` and the published
+    payload ``prefix + b"N <epoch> " + frame`` (a numbered envelope). At most ``size`` frames
+    are kept, none older than ``ttl`` seconds; the room's offset and epoch live ``keep``
+    seconds after the last append or touch (at least ``ttl``).
+    """
+
+    room: str
+    prefix: bytes
+    head: str
+    tail: str
+    size: int
+    ttl: float
+    keep: float
+
+
+@runtime_checkable
+class RoomHistory(Protocol):
+    """Room history kept by the backend, so every node numbers a room's messages alike."""
+
+    async def write_many(self, items: Sequence[tuple[str, bytes | Append]]) -> list[int]:
+        """``publish_many`` in order, where an ``Append`` is numbered, kept, trimmed and
+        published at once; its result is its offset."""
+        ...
+
+    async def history_read(
+        self, room: str, since: int, epoch: str | None, limit: int | None, ttl: float, keep: float
+    ) -> HistoryPage:
+        """Frames after offset ``since`` of ``epoch`` (None: any), up to ``limit``.
+
+        A room without kept state starts an epoch here (offset 0), alive ``keep`` seconds."""
+        ...
+
+    async def history_touch(self, rooms: Sequence[tuple[str, float]]) -> list[Position | None]:
+        """Keep each ``(room, keep)``'s offset and epoch alive ``keep`` more seconds; their
+        positions, None for a room whose history is gone."""
+        ...

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+from ..history import History, HistoryPage, Position
+from .base import Append
+
 __all__ = ["MemoryBackend", "MemoryBroker"]
+
+
+def _frame(head: str, tail: str, offset: int) -> str:
+    return f"{head}{offset}{tail}"
 
 
 class MemoryBroker:
@@ -16,6 +24,11 @@ class MemoryBroker:
         self.subscribers: dict[str, set[MemoryBackend]] = {}
         self.directory: dict[str, tuple[str, float]] = {}
         self.presence: dict[str, dict[str, tuple[float, bytes]]] = {}
+        self.kept_until: dict[str, float] = {}  # room -> when its offset and epoch may go
+        self.history = History(in_use=lambda room: self.kept_until.get(room, 0) > time.monotonic())
+
+    def keep(self, room: str, seconds: float) -> None:
+        self.kept_until[room] = max(self.kept_until.get(room, 0), time.monotonic() + seconds)
 
 
 class MemoryBackend:
@@ -59,6 +72,45 @@ class MemoryBackend:
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         return [await self.publish(channel, payload) for channel, payload in items]
+
+    async def write_many(self, items: Sequence[tuple[str, bytes | Append]]) -> list[int]:
+        out = []
+        for channel, item in items:
+            if isinstance(item, bytes):
+                out.append(await self.publish(channel, item))
+                continue
+            if not self.connected:
+                raise ConnectionError("MemoryBackend is not connected")
+            broker = self.broker
+            head, tail = item.head, item.tail
+            offset = broker.history.append(
+                item.room, item.size, item.ttl, functools.partial(_frame, head, tail)
+            )
+            broker.keep(item.room, item.keep)
+            epoch = broker.history.position(item.room, item.ttl).epoch
+            frame = f"{head}{offset}{tail}"
+            await self.publish(channel, item.prefix + f"{offset} {epoch} {frame}".encode())
+            out.append(offset)
+        return out
+
+    async def history_read(
+        self, room: str, since: int, epoch: str | None, limit: int | None, ttl: float, keep: float
+    ) -> HistoryPage:
+        history = self.broker.history
+        if history.peek(room, ttl) is None:
+            self.broker.keep(room, keep)
+        return history.since(room, since, epoch, ttl, limit)
+
+    async def history_touch(self, rooms: Sequence[tuple[str, float]]) -> list[Position | None]:
+        out = []
+        for room, keep in rooms:
+            position = self.broker.history.peek(room, None)
+            if position is not None and self.broker.kept_until.get(room, 0) > time.monotonic():
+                self.broker.keep(room, keep)
+            else:
+                position = None
+            out.append(position)
+        return out
 
     async def listen(self) -> AsyncIterator[tuple[str, bytes]]:
         while True:

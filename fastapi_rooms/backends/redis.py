@@ -7,6 +7,7 @@ retry on its own: the manager's backplane owns reconnection, backoff and logging
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "the Redis backend needs the 'redis' extra: pip install 'fastapi-rooms[redis]'"
     ) from exc
+
+from ..history import HistoryPage, Position
+from .base import Append
 
 __all__ = ["RedisBackend"]
 
@@ -69,6 +73,96 @@ return 0
 """
 
 
+# Room history: a hash (e: epoch, n: latest offset) and two lists in step, the frames and the
+# times (ms, Redis's clock) they were kept; the lists hold offsets n - LLEN + 1 .. n. Scripts
+# run atomically, so an offset is assigned, kept and published in one step: one order per
+# room across every node. KEYS: hash, frames, times.
+_HISTORY_START = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function start(candidate, keep)
+  local epoch = redis.call('HGET', KEYS[1], 'e')
+  if not epoch then
+    epoch = candidate
+    redis.call('DEL', KEYS[2], KEYS[3])
+    redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
+    redis.call('PEXPIRE', KEYS[1], keep)
+  end
+  return epoch
+end
+local function trim(now, ttl)
+  while true do
+    local first = redis.call('LINDEX', KEYS[3], 0)
+    if not first or now - tonumber(first) <= ttl then return end
+    redis.call('LPOP', KEYS[3])
+    redis.call('LPOP', KEYS[2])
+  end
+end
+"""
+
+# ARGV: channel, envelope prefix, frame head, frame tail, size, ttl ms, keep ms, epoch candidate
+_HISTORY_APPEND = (
+    _HISTORY_START
+    + """
+local now = now_ms()
+local epoch = start(ARGV[8], tonumber(ARGV[7]))
+local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local frame = ARGV[3] .. offset .. ARGV[4]
+redis.call('RPUSH', KEYS[2], frame)
+redis.call('RPUSH', KEYS[3], now)
+local size = tonumber(ARGV[5])
+redis.call('LTRIM', KEYS[2], -size, -1)
+redis.call('LTRIM', KEYS[3], -size, -1)
+local ttl = tonumber(ARGV[6])
+trim(now, ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]))
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. frame)
+return offset
+"""
+)
+
+# ARGV: since, limit (-1: all), ttl ms, keep ms, epoch candidate, epoch expected ('' any)
+# -> {epoch, latest offset, oldest kept offset, frames after since (none if another epoch)}
+_HISTORY_READ = (
+    _HISTORY_START
+    + """
+local epoch = start(ARGV[5], tonumber(ARGV[4]))
+trim(now_ms(), tonumber(ARGV[3]))
+local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
+local oldest = n - redis.call('LLEN', KEYS[2]) + 1
+local since, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local frames = {}
+if (ARGV[6] == '' or ARGV[6] == epoch) and since >= oldest - 1 and since < n and limit ~= 0 then
+  local first = since + 1 - oldest
+  local last = -1
+  if limit > 0 then last = first + limit - 1 end
+  frames = redis.call('LRANGE', KEYS[2], first, last)
+end
+return {epoch, n, oldest, frames}
+"""
+)
+
+# KEYS: a room's hash; ARGV: keep ms -> {epoch, offset}, or {} when its history is gone
+_HISTORY_TOUCH = """
+local kept = redis.call('HMGET', KEYS[1], 'e', 'n')
+if not kept[1] then return {} end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return kept
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs and stats."""
     parts = urlsplit(url)
@@ -104,6 +198,11 @@ class RedisBackend:
 
     def _key(self, connection_id: str) -> str:
         return f"{self.prefix}:conn:{connection_id}"
+
+    def _history_keys(self, room: str) -> tuple[str, str, str]:
+        # One hash tag per room: its three keys share a Redis Cluster slot.
+        base = f"{self.prefix}:history:{{{room}}}"
+        return f"{base}:meta", f"{base}:frames", f"{base}:times"
 
     @property
     def client(self) -> aioredis.Redis:
@@ -146,6 +245,59 @@ class RedisBackend:
             for channel, payload in items:
                 pipe.publish(channel, payload)
             return [int(n) for n in await pipe.execute()]
+
+    async def write_many(self, items: Sequence[tuple[str, bytes | Append]]) -> list[int]:
+        """``publish_many``, each ``Append`` run by the history script in the same pipeline."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for channel, item in items:
+                if isinstance(item, bytes):
+                    pipe.publish(channel, item)
+                    continue
+                pipe.eval(
+                    _HISTORY_APPEND,
+                    3,
+                    *self._history_keys(item.room),
+                    channel,
+                    item.prefix,
+                    item.head,
+                    item.tail,
+                    item.size,
+                    _ms(item.ttl),
+                    _ms(max(item.keep, item.ttl)),
+                    uuid.uuid4().hex[:16],
+                )
+            return [int(n) for n in await pipe.execute()]
+
+    async def history_read(
+        self, room: str, since: int, epoch: str | None, limit: int | None, ttl: float, keep: float
+    ) -> HistoryPage:
+        kept, latest, oldest, frames = await self.client.eval(
+            _HISTORY_READ,
+            3,
+            *self._history_keys(room),
+            since,
+            -1 if limit is None else limit,
+            _ms(ttl),
+            _ms(max(keep, ttl)),
+            uuid.uuid4().hex[:16],
+            epoch or "",
+        )
+        position = Position(int(latest), _text(kept))
+        complete = (
+            (epoch is None or epoch == position.epoch)
+            and 0 <= since <= position.offset
+            and since + 1 >= int(oldest)
+        )
+        return HistoryPage(position, [_text(f) for f in frames] if complete else [], complete)
+
+    async def history_touch(self, rooms: Sequence[tuple[str, float]]) -> list[Position | None]:
+        if not rooms:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for room, keep in rooms:  # one script per room: rooms may live on other slots
+                pipe.eval(_HISTORY_TOUCH, 1, self._history_keys(room)[0], _ms(keep))
+            replies = await pipe.execute()
+        return [Position(int(r[1]), _text(r[0])) if r else None for r in replies]
 
     async def listen(self) -> AsyncIterator[tuple[str, bytes]]:
         pubsub = self._pubsub

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..backends.base import Backend
+from ..backends.base import Append, Backend, RoomHistory
+from ..history import HistoryPage, Position
 from .envelope import Envelope, decode, encode
 
 __all__ = ["Backplane", "Envelope", "decode", "encode"]
@@ -45,6 +46,8 @@ class Backplane:
         node: str,
         prefix: str,
         deliver: Callable[[Envelope], None],
+        positioned: Callable[[dict[str, Position | None]], None] = lambda positions: None,
+        history_rooms: Callable[[], dict[str, float]] = dict,
         directory_ttl: float = 30.0,
         publish_timeout: float = 1.0,
         max_pending: int = 10_000,
@@ -54,12 +57,14 @@ class Backplane:
         self.node = node
         self.prefix = prefix
         self._deliver = deliver
+        self._positioned = positioned  # told where the rooms with history here stand
+        self._history_rooms = history_rooms  # those rooms, each with how long to keep it
         self.directory_ttl = directory_ttl
         self.publish_timeout = publish_timeout
         self.max_pending = max_pending
         self._backoff = backoff
         # Outgoing envelopes wait here in publish order; one writer sends them in batches.
-        self._pending: deque[tuple[str, bytes, asyncio.Future[int] | None]] = deque()
+        self._pending: deque[tuple[str, bytes | Append, asyncio.Future[int] | None]] = deque()
         self._pending_event = asyncio.Event()
         self._flushed = asyncio.Event()  # set while nothing is queued or being written
         self._in_flight = 0  # envelopes in the batch being written now
@@ -234,6 +239,7 @@ class Backplane:
                 await self._reconcile()
                 self.connected = True
                 self.down.clear()
+                await self._check_positions()  # history may have moved on, or be gone
                 if down_since is not None:
                     _log.warning(
                         "backend %r reconnected after %.1fs; %d channel(s) resubscribed",
@@ -298,6 +304,7 @@ class Backplane:
                     self._register |= self._local_ids
                     self._presence_set.update(self._presence)
                     heartbeat_at = time.monotonic() + self.directory_ttl / 3
+                    await self._check_positions()
                 await self._reconcile()
         finally:
             helpers: tuple[asyncio.Task[Any], ...] = (listener, writer, stopping)
@@ -387,8 +394,8 @@ class Backplane:
                 self.malformed += 1
                 _log.warning("dropped a malformed envelope (%d so far): %s", self.malformed, exc)
                 continue
-            if envelope.origin == self.node:
-                continue  # local members got it when it was published
+            if envelope.origin == self.node and not envelope.offset:
+                continue  # local members got it when it was published (numbered: not yet)
             try:
                 self._deliver(envelope)
             except Exception:
@@ -409,7 +416,18 @@ class Backplane:
         sends now instead of after the caller's burst (other nodes then deliver in parallel);
         while it is busy, envelopes gather into its next batch.
         """
-        if self._enqueue(channel, envelope, None) and self._writer_idle:
+        await self._queued(self._enqueue(channel, envelope, None))
+
+    async def append(self, channel: str, item: Append) -> bool:
+        """Queue a message of a room with history (``publish``'s rules): the backend numbers,
+        keeps and publishes it, and every node, this one too, delivers it from its
+        subscription, so all see one order. False when it was dropped."""
+        queued = self._enqueue(channel, item, None)
+        await self._queued(queued)
+        return queued
+
+    async def _queued(self, queued: bool) -> None:
+        if queued and self._writer_idle:
             self._writer_idle = False
             await asyncio.sleep(0)
 
@@ -425,14 +443,15 @@ class Backplane:
             return 0
 
     def _enqueue(
-        self, channel: str, envelope: Envelope, future: asyncio.Future[int] | None
+        self, channel: str, envelope: Envelope | Append, future: asyncio.Future[int] | None
     ) -> bool:
+        kind = "numbered room" if isinstance(envelope, Append) else envelope.kind
         if not self.connected:
             self.publish_dropped += 1
             _log.warning(
                 "backend down (%s): %s message for %s not sent to other nodes (%d so far)",
                 self.last_error,
-                envelope.kind,
+                kind,
                 channel,
                 self.publish_dropped,
             )
@@ -442,11 +461,12 @@ class Backplane:
             _log.error(
                 "%d envelopes waiting for the backend: %s message for %s dropped",
                 len(self._pending),
-                envelope.kind,
+                kind,
                 channel,
             )
             return False
-        self._pending.append((channel, encode(envelope), future))
+        item = envelope if isinstance(envelope, Append) else encode(envelope)
+        self._pending.append((channel, item, future))
         self._pending_event.set()
         self._flushed.clear()
         return True
@@ -460,18 +480,28 @@ class Backplane:
             self._writer_idle = False
             self._pending_event.clear()
             while pending:
-                batch: list[tuple[str, bytes, asyncio.Future[int] | None]] = []
+                batch: list[tuple[str, bytes | Append, asyncio.Future[int] | None]] = []
                 size = 0
+                appends = False
                 while pending and len(batch) < _BATCH and (not batch or size < _BATCH_BYTES):
                     item = pending.popleft()
-                    size += len(item[1])
+                    payload = item[1]
+                    if isinstance(payload, bytes):
+                        size += len(payload)
+                    else:
+                        appends = True
+                        size += len(payload.head) + len(payload.tail)
                     batch.append(item)
-                items = [(channel, payload) for channel, payload, _ in batch]
                 self._in_flight = len(batch)
                 try:
-                    counts = await asyncio.wait_for(
-                        self.backend.publish_many(items), self.publish_timeout
-                    )
+                    if appends:
+                        assert isinstance(self.backend, RoomHistory)  # checked at start-up
+                        write = self.backend.write_many([(c, p) for c, p, _ in batch])
+                    else:
+                        write = self.backend.publish_many(
+                            [(c, p) for c, p, _ in batch]  # type: ignore[misc]
+                        )
+                    counts = await asyncio.wait_for(write, self.publish_timeout)
                 except Exception as exc:
                     self.publish_errors += 1
                     self.publish_dropped += len(batch)
@@ -499,6 +529,34 @@ class Backplane:
                 future.set_result(0)
         self._pending.clear()
         self._flushed.set()
+
+    # History ------------------------------------------------------------------------------
+
+    async def history_read(
+        self,
+        room: str,
+        since: int,
+        epoch: str | None,
+        limit: int | None,
+        ttl: float,
+        keep: float,
+    ) -> HistoryPage:
+        """A room's history from the backend (ConnectionError or TimeoutError when down)."""
+        if not self.connected:
+            raise ConnectionError(f"backend {self.backend!r} is not connected ({self.last_error})")
+        assert isinstance(self.backend, RoomHistory)  # checked at start-up
+        return await asyncio.wait_for(
+            self.backend.history_read(room, since, epoch, limit, ttl, keep), self.publish_timeout
+        )
+
+    async def _check_positions(self) -> None:
+        """Keep the history of rooms with members here alive, and say where each stands."""
+        rooms = self._history_rooms()
+        if not rooms or not isinstance(self.backend, RoomHistory):
+            return
+        items = sorted(rooms.items())
+        positions = await self.backend.history_touch(items)
+        self._positioned(dict(zip((room for room, _ in items), positions, strict=True)))
 
     async def locate(self, connection_id: str) -> str | None:
         if not self.connected:

@@ -112,10 +112,15 @@ async def _handle(
     manager: RoomManager,
 ) -> None:
     if isinstance(request, Join):
-        member = connection_id in manager.rooms.get(request.room, ())
+        since = request.since
         try:
             # "joined" then means messages from every node reach this connection.
-            await manager.join(connection_id, request.room, meta=request.meta)
+            caught = await manager.join_recovering(
+                connection_id,
+                request.room,
+                meta=request.meta,
+                since=None if since is None else (since.offset, since.epoch),
+            )
         except JoinRefused as exc:
             await websocket.send_text(_error(exc.code, exc.reason))
             return
@@ -127,13 +132,10 @@ async def _handle(
         except ValueError as exc:
             await websocket.send_text(_error("invalid_message", f"meta: {exc}"))
             return
-        # No await since the join: the position read now is the one live messages follow.
-        since = request.since
-        caught = manager.catch_up(
-            request.room, None if since is None or member else (since.offset, since.epoch)
-        )  # a member already gets every message: nothing to replay
-        if caught is None:  # a room without history
-            joined = Joined(type="joined", room=request.room)
+        if caught is None:
+            if websocket.closed:  # the room's history was unavailable: it reconnects
+                return
+            joined = Joined(type="joined", room=request.room)  # a room without history
             if since is not None:
                 joined.recovered = False
             await websocket.send_text(event_json(joined))
@@ -144,7 +146,7 @@ async def _handle(
             room=request.room,
             offset=position.offset,
             epoch=position.epoch,
-            recovered=None if since is None else recovered and not member,
+            recovered=None if since is None else recovered,
         )
         # joined, then the missed messages, ahead of any live one; the next request waits
         await websocket.outbound.replay([event_json(joined), *frames])
