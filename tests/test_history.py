@@ -38,7 +38,9 @@ async def event(ws: ClientConnection) -> dict[str, Any]:
 
 
 async def connected(server: Server) -> ClientConnection:
-    ws = await open_ws(server, "/ws?user=h")
+    # max_queue=None: a client closing with messages unread still reads the close frame
+    # (with a bounded queue, websockets stops reading and close() waits its whole timeout)
+    ws = await open_ws(server, "/ws?user=h", max_queue=None)
     assert (await event(ws))["type"] == "welcome"
     return ws
 

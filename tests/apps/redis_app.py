@@ -1,6 +1,7 @@
 """The rooms router on a Redis backend; one process of a multi-node test.
 
-Environment: ``REDIS_URL``, ``ROOMS_PREFIX`` (unique per test run), ``NODE_ID``.
+Environment: ``REDIS_URL``, ``ROOMS_PREFIX`` (unique per test run), ``NODE_ID``, and
+``NODE_TTL`` (seconds; a heartbeat is a third of it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ manager = RoomManager(
     os.environ["REDIS_URL"],
     prefix=os.environ["ROOMS_PREFIX"],
     node_id=os.environ.get("NODE_ID") or None,
+    node_ttl=float(os.environ.get("NODE_TTL") or 30),
 )
 rooms = create_rooms_router(manager, insecure_rest=True)  # test app: REST open
+rooms.namespace("history:{name}", history_size=5, history_ttl=60)  # kept in Redis
+rooms.namespace("race:{name}", history_size=1000, history_ttl=600)
 
 
 @rooms.websocket("/joiner/{room}")

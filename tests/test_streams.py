@@ -1,0 +1,152 @@
+"""Numbered delivery on one node (fastapi_rooms/streams.py), and history kept by a backend
+shared by two managers in one process (MemoryBackend): fast unit tests of the rules that
+tests/test_history_redis.py proves over real servers and Redis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from fastapi_rooms import RoomManager
+from fastapi_rooms.backends import MemoryBackend, MemoryBroker
+from fastapi_rooms.errors import CloseCode
+from fastapi_rooms.history import History, Position
+from fastapi_rooms.streams import Streams
+
+from .helpers import WAIT
+from .test_manager import FakePeer, connect
+
+pytestmark = pytest.mark.anyio
+
+
+def test_in_order_arrivals_go_to_everyone_and_a_gap_spares_only_who_missed_nothing() -> None:
+    streams = Streams()
+    assert streams.arrive("r", 1, "E", "f1") == (set(), None)
+    assert streams.arrive("r", 2, "E", "f2") == (set(), None)
+    assert streams.position("r") == Position(2, "E")
+    streams.hold("r", "joining")
+    skip, spared = streams.arrive("r", 5, "E", "f5")  # 3 and 4 never arrived
+    assert skip == {"joining"} and spared == {"joining"}  # its read decides for it
+    assert streams.position("r") == Position(5, "E")
+    skip, spared = streams.arrive("r", 1, "F", "g1")  # another epoch: the history was lost
+    assert spared == {"joining"}
+    assert streams.position("r") == Position(1, "F")
+
+
+def test_a_joining_member_gets_what_its_read_did_not_cover_once() -> None:
+    streams = Streams()
+    streams.arrive("r", 1, "E", "f1")
+    streams.hold("r", "m")
+    for n in (2, 3, 4):  # arrive during the read: held for m, delivered to the others
+        assert streams.arrive("r", n, "E", f"f{n}") == ({"m"}, None)
+    assert streams.release("r", "m", Position(3, "E")) == (["f4"], False)  # read saw up to 3
+    streams.hold("r", "late")
+    assert streams.release("r", "late", Position(6, "E")) == ([], False)  # 5, 6 on their way
+    assert streams.arrive("r", 5, "E", "f5") == ({"late"}, None)  # covered by its replay
+    assert streams.arrive("r", 6, "E", "f6") == ({"late"}, None)
+    assert streams.arrive("r", 7, "E", "f7") == (set(), None)  # from here on, like everyone
+    assert streams.arrive("r", 8, "E", "f8") == (set(), None)
+
+
+def test_a_release_that_does_not_follow_its_read_or_finds_another_epoch() -> None:
+    streams = Streams()
+    streams.arrive("r", 1, "E", "f1")
+    streams.hold("r", "gap")
+    streams.arrive("r", 4, "E", "f4")  # a gap for everyone
+    assert streams.release("r", "gap", Position(2, "E")) is None  # 3 missing: reconnect
+    streams.hold("r", "epoch")
+    streams.arrive("r", 5, "E", "f5")
+    assert streams.release("r", "epoch", Position(0, "F")) is None  # held ones are of E
+    streams.hold("r", "stale")
+    assert streams.release("r", "stale", Position(0, "F")) == ([], True)  # the others on E
+    assert streams.position("r") == Position(0, "F")
+    assert streams.release("r", "never-held", Position(0, "F")) is None
+
+
+def test_positions_from_the_backend() -> None:
+    streams = Streams()
+    assert streams.positioned("r", None) is False  # nothing known here: nothing to say
+    streams.arrive("r", 3, "E", "f3")
+    assert streams.positioned("r", Position(3, "E")) is False
+    assert streams.positioned("r", Position(4, "E")) is False  # may be on its way
+    streams.arrive("r", 4, "E", "f4")
+    assert streams.positioned("r", Position(5, "E")) is False  # it was: a new suspect
+    assert streams.positioned("r", Position(5, "E")) is True  # a heartbeat on, still missing
+    assert streams.position("r") == Position(5, "E")
+    assert streams.positioned("r", Position(5, "F")) is True  # another epoch
+    assert streams.position("r") is None
+    streams.arrive("s", 1, "E", "x")
+    assert streams.positioned("s", None) is True  # history gone
+
+
+def test_leaving_forgets_members_and_empty_rooms() -> None:
+    streams = Streams()
+    streams.hold("r", "m")
+    streams.leave("r", "m", emptied=True)
+    assert len(streams) == 0
+    streams.arrive("r", 1, "E", "f")
+    streams.hold("r", "m")
+    streams.leave("r", "other", emptied=False)
+    assert streams.holding("r") == {"m"}
+
+
+def texts(peer: FakePeer) -> list[dict[str, Any]]:
+    return [json.loads(e["text"]) for e in peer.sent if "text" in e]
+
+
+async def messages(peer: FakePeer, n: int) -> list[dict[str, Any]]:
+    with anyio.fail_after(WAIT):
+        while len([e for e in texts(peer) if e["type"] == "message"]) < n:
+            await peer.got.wait()
+            peer.got.clear()
+    return [e for e in texts(peer) if e["type"] == "message"]
+
+
+async def test_two_managers_on_one_backend_share_offsets_and_recover_across() -> None:
+    broker = MemoryBroker()
+    a = RoomManager(MemoryBackend(broker), history_size=10, history_ttl=60)
+    b = RoomManager(MemoryBackend(broker), history_size=10, history_ttl=60)
+    await a.start()
+    await b.start()
+    try:
+        _, pa = connect(a, "pa")
+        _, pb = connect(b, "pb")
+        assert await a.join_recovering("pa", "r") == (Position(0, _epoch(broker, "r")), [], False)
+        await b.join_recovering("pb", "r")
+        await a.publish("r", "one", sender="pa")
+        await b.publish("r", "two")
+        for peer in (pa, pb):  # the publishing node's own members too, in one order
+            got = await messages(peer, 2)
+            assert [(m["offset"], m["data"]) for m in got] == [(1, "one"), (2, "two")]
+        epoch = _epoch(broker, "r")
+        _, pc = connect(b, "pc")  # another node than the one "pa" was on
+        position, frames, recovered = await b.join_recovering("pc", "r", since=(1, epoch)) or (
+            None, [], False
+        )
+        assert (position, recovered) == (Position(2, epoch), True)
+        assert [json.loads(f)["data"] for f in frames] == ["two"]
+        page = await a.history("r", since=0)
+        assert [json.loads(f)["offset"] for f in page.frames] == [1, 2] and page.complete
+
+        broker.history = History()  # the backend lost every history
+        await a.publish("r", "after")  # a new epoch reaches members who were on the old one
+        with anyio.fail_after(WAIT):
+            while "pa" in a.connections or "pb" in b.connections:
+                await pa.got.wait() if "pa" in a.connections else await pb.got.wait()
+        assert a.stats()["resync_closes"] == 1 and b.stats()["resync_closes"] >= 1
+        assert _closed_with(pa) == CloseCode.RESYNC
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+def _epoch(broker: MemoryBroker, room: str) -> str:
+    return broker.history.position(room, 60).epoch
+
+
+def _closed_with(peer: FakePeer) -> int | None:
+    closes = [e for e in peer.sent if e["type"] == "websocket.close"]
+    return closes[-1]["code"] if closes else None
