@@ -80,6 +80,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "rooms-history": ("uvicorn", "rooms_history_app"),
     "rooms-granian-rsgi-default-gc": ("granian-rsgi", "rooms_rsgi_default_gc_app"),
     "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
+    # manager.publish over Redis, without and with history kept in Redis (offsets by script).
+    "rooms-redis-publish-2w": ("uvicorn", "make_rooms_redis_publish_app"),
+    "rooms-redis-history-2w": ("uvicorn", "make_rooms_redis_history_app"),
     # Peers (S1): a bare picows server, python-socketio, encode/broadcaster.
     "picows-raw": ("picows", "picows-raw"),
     "socketio": ("uvicorn", "peer_apps:make_socketio_app"),
@@ -92,20 +95,24 @@ REQUIRES: dict[str, tuple[str, str, str]] = {
     "rooms-granian-asgi": ("granian", "granian", "granian"),
     "rooms-granian-rsgi-default-gc": ("granian", "granian", "granian"),
     "rooms-redis-2w": ("redis", "redis", "redis"),
+    "rooms-redis-publish-2w": ("redis", "redis", "redis"),
+    "rooms-redis-history-2w": ("redis", "redis", "redis"),
     "picows-raw": ("picows", "picows", "bench"),
     "socketio": ("socketio", "python-socketio", "bench"),
     "broadcaster": ("broadcaster", "broadcaster", "bench"),
 }
 #: Variants whose members receive each payload inside a ``message`` event (fanout_apps.published).
-PUBLISH_VARIANTS = {"rooms-publish", "rooms-model"}
+PUBLISH_VARIANTS = {"rooms-publish", "rooms-model", "rooms-redis-publish-2w"}
+#: Variants whose n-th message published carries offset n (rooms with history).
+HISTORY_VARIANTS = {"rooms-history", "rooms-redis-history-2w"}
 #: Variants whose members and control speak Socket.IO v4 (over Engine.IO v4, websocket only).
 SOCKETIO_VARIANTS = {"socketio"}
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 #: Kept in every group when the comparison at one N has to be split (see plan_groups).
 ANCHORS = ("plain", "rooms")
 #: Variants served by several processes sharing the room through Redis: how many processes.
-WORKERS = {"rooms-redis-2w": 2}
-REDIS_VARIANTS = {"rooms-redis-2w"}
+WORKERS = {"rooms-redis-2w": 2, "rooms-redis-publish-2w": 2, "rooms-redis-history-2w": 2}
+REDIS_VARIANTS = set(WORKERS)
 DEFAULT_VARIANTS = "plain,rooms,gather"
 DESCRIPTIONS = {
     "plain": "Starlette/FastAPI, sequential `await ws.send_text(msg)` loop (FastAPI tutorial)",
@@ -126,6 +133,11 @@ DESCRIPTIONS = {
     "rooms-redis-2w": "fastapi_rooms over Redis, two uvicorn processes on the server core, half "
     "the members on each; the first runs the broadcasts (local delivery + publish), the second "
     "delivers what Redis brings it",
+    "rooms-redis-publish-2w": "rooms-redis-2w with `await manager.publish(room, {\"text\": msg})`"
+    " (the ready protocol's message event)",
+    "rooms-redis-history-2w": "rooms-redis-publish-2w in a room keeping its last 1000 messages in "
+    "Redis (`history_size=1000, history_ttl=600`): a Lua script numbers, keeps and publishes "
+    "each message; both processes, the publishing one too, deliver it from their subscription",
     "picows-raw": "bare picows server: `transport.send(TEXT, frame)` for every member, "
     "synchronous, C framing, no task per recipient (the practical ceiling)",
     "socketio": "python-socketio AsyncServer (ASGI, websocket transport only): members join with "
@@ -171,6 +183,7 @@ TARGETS = [
     # earlier issues
     Target("rooms-granian-rsgi", "rooms", 1.2, issue="RSGI"),  # RSGI over rooms on uvicorn
     Target("rooms-redis-2w", "rooms", 0.7, issue="Redis"),  # two processes against one
+    Target("rooms-redis-history-2w", "rooms-redis-publish-2w", 0.6, issue="History"),
 ]
 JOINED_BYTES = JOINED.encode()
 DEFAULT_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -722,7 +735,7 @@ class Session:
         self.client = client
         self.redis_pid = redis_pid
         total = cfg.warmup + cfg.rounds * (cfg.messages + cfg.latency_samples)
-        if variant == "rooms-history":  # the n-th message published has offset n
+        if variant in HISTORY_VARIANTS:  # the n-th message published has offset n
             self.expected = [
                 published(payload(seq, cfg.size), seq + 1).encode() for seq in range(total)
             ]
@@ -1163,13 +1176,15 @@ class Redis:
                     self.info["threads"] = len(os.listdir(f"/proc/{pid}/task"))
                     self.info["cpus"] = sorted(os.sched_getaffinity(pid))
 
-    def keys_left(self) -> list[str]:
-        """Keys under this run's prefix (there should be none once the servers stopped)."""
+    def keys_left(self, history: bool = False) -> list[str]:
+        """Keys under this run's prefix (there should be none once the servers stopped), or
+        with ``history`` the rooms' histories, which are kept on purpose (they expire)."""
         client = self._client()
         try:
-            return sorted(k.decode() for k in client.keys(f"{self.prefix}*"))
+            keys = sorted(k.decode() for k in client.keys(f"{self.prefix}*"))
         finally:
             client.close()
+        return [k for k in keys if (":history:" in k) == history]
 
     def delete(self, keys: Sequence[str]) -> None:
         if keys:
@@ -1865,7 +1880,7 @@ def run_group(
                 continue
             servers: list[Server] = []
             env = (
-                {"FANOUT_REDIS_URL": redis.url, "FANOUT_REDIS_PREFIX": redis.prefix}
+                {"FANOUT_REDIS_URL": redis.url, "FANOUT_REDIS_PREFIX": f"{redis.prefix}-{variant}"}
                 if redis is not None and variant in REDIS_VARIANTS
                 else None
             )
@@ -2092,6 +2107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if redis is not None and "version" in redis.info:
             # The servers deleted their directory keys as they stopped; anything left is a leak.
             try:
+                redis.delete(redis.keys_left(history=True))  # this run's room histories
                 redis_keys_left = redis.keys_left()
                 if redis_keys_left:
                     print(

@@ -149,7 +149,7 @@ def _rooms(
     if publish == "model":
         manager.namespace(ROOM, message=Line)
     elif publish == "history":
-        manager.namespace(ROOM, history_size=1000)
+        manager.namespace(ROOM, history_size=1000, history_ttl=None if backend is None else 600)
     router = create_rooms_router(manager, insecure_rest=True)  # benchmark: GET /stats read openly
 
     @router.websocket("/members/{cid}")
@@ -208,6 +208,16 @@ def make_rooms_redis_app() -> FastAPI:
     share channels or directory keys) come from benchmarks/fanout.py.
     """
     return _rooms(os.environ["FANOUT_REDIS_URL"], os.environ["FANOUT_REDIS_PREFIX"])
+
+
+def make_rooms_redis_publish_app() -> FastAPI:
+    """``make_rooms_redis_app`` with ``manager.publish`` (the ready protocol's message event)."""
+    return _rooms(os.environ["FANOUT_REDIS_URL"], os.environ["FANOUT_REDIS_PREFIX"], "event")
+
+
+def make_rooms_redis_history_app() -> FastAPI:
+    """``make_rooms_redis_publish_app`` in a room whose last 1000 messages Redis keeps."""
+    return _rooms(os.environ["FANOUT_REDIS_URL"], os.environ["FANOUT_REDIS_PREFIX"], "history")
 
 
 # encode/broadcaster, memory backend ------------------------------------------------------------
