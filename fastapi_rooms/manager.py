@@ -662,12 +662,19 @@ class RoomManager:
             await self.join(connection_id, room, meta=meta)
             # no await since the join: the position read now is the one live messages follow
             return self.catch_up(room, None if member else since)
-        if member:
+        keep = max(ttl or 0.0, self.node_ttl)
+        if member:  # it gets every message already: where it stands, nothing to replay
             await self.join(connection_id, room, meta=meta)
             position = self._streams.position(room)
-            if position is not None:
-                return position, [], False
-            since = None
+            if position is None:
+                try:
+                    position = (
+                        await backplane.history_read(room, 0, None, 0, ttl or 0.0, keep)
+                    ).position
+                except Exception as exc:
+                    self._unavailable(room, connection_id, exc)
+                    return None
+            return position, [], False
         self._streams.hold(room, connection_id)  # live messages wait for the history read
         try:
             await self.join(connection_id, room, meta=meta)
@@ -681,14 +688,18 @@ class RoomManager:
                 None if since is None else since[1],
                 0 if since is None else None,
                 ttl or 0.0,
-                max(ttl or 0.0, self.node_ttl),
+                keep,
             )
         except Exception as exc:
-            self._resync_one(room, connection_id, f"room history unavailable ({exc!r})")
+            self._unavailable(room, connection_id, exc)
             return None
         released = self._streams.release(room, connection_id, page.position)
         if released is None:
-            self._resync_one(room, connection_id, "history changed during the join")
+            self._resync(
+                room,
+                set(self._rooms.get(room, ())) - {connection_id},
+                ("messages arriving during a join did not follow its history read"),
+            )
             return None
         live, stale = released
         if stale:
@@ -818,6 +829,17 @@ class RoomManager:
         )
         for cid in closing:
             self._resync_one(room, cid, why)
+
+    def _unavailable(self, room: str, connection_id: str, exc: Exception) -> None:
+        """A join whose history read failed: the connection retries later (4000)."""
+        _log.error(
+            "room %r: reading its history for %s failed (%r); closing it with %d",
+            room,
+            connection_id,
+            exc,
+            CloseCode.RESYNC,
+        )
+        self._resync_one(room, connection_id, "room history unavailable")
 
     def _resync_one(self, room: str, connection_id: str, why: str) -> None:
         ws = self._connections.get(connection_id)

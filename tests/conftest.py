@@ -87,9 +87,15 @@ class Server:
 
 
 def start_server(
-    kind: str, app: str, tmp_path: Path, env: dict[str, str] | None = None, *extra: str
+    kind: str,
+    app: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    *extra: str,
+    port: int | None = None,
 ) -> Server:
-    port = free_port()
+    """``port``: a fixed one (to restart a server where its clients reconnect)."""
+    port = port or free_port()
     if kind == "uvicorn":
         cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "info", "--timeout-graceful-shutdown", "10", *extra]

@@ -1,18 +1,20 @@
-"""The chat example in headless Chromium: two pages chat; one loses its connection while the
-other keeps sending; after the reconnect it shows every message once, in order, and says it
-recovered. The page uses the JavaScript client the rooms router serves (/api/client.js)."""
+"""The chat example in headless Chromium: two pages chat; one loses its connection (its socket
+drops, or, on Redis, its server restarts) while the other keeps sending; after the reconnect it
+shows every message once, in order, and says it recovered. The page uses the JavaScript client
+the rooms router serves (/api/client.js)."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, running, start_server
 
 WAIT_MS = 15_000
 
@@ -25,15 +27,53 @@ def chat(serve: Callable[..., Any]) -> Any:
 def test_a_page_that_lost_its_connection_misses_nothing(
     chat: Any, chromium: str, tmp_path: Path
 ) -> None:
+    def drop(page: Any) -> None:  # the socket drops; the page stays away until brought back
+        page.evaluate("() => window.chat.client._socket.close()")
+
+    chat_scenario(chromium, tmp_path, chat, chat, drop, lambda: None)
+
+
+def test_a_page_whose_server_restarted_recovers_from_redis(
+    chromium: str, tmp_path: Path, redis_url: str
+) -> None:
+    """The multi-worker chat (Redis keeps the history): alice's server stops and comes back on
+    the same port while bob, on another server, keeps sending."""
+    env = {"PYTHONPATH": str(ROOT), "REDIS_URL": redis_url,
+           "ROOMS_PREFIX": f"chat-{uuid.uuid4().hex[:8]}", "CHAT_ADMIN_TOKEN": "t"}  # fmt: skip
+    app = "examples.multiworker.app:app"
+    with ExitStack() as stack:
+        first = start_server("uvicorn", app, tmp_path, env)
+        stack.callback(lambda: servers[-1].stop())
+        servers = [first]
+        second = stack.enter_context(running("uvicorn", app, tmp_path, env))
+
+        def restart() -> None:
+            servers.append(start_server("uvicorn", app, tmp_path, env, port=first.port))
+
+        chat_scenario(chromium, tmp_path, first, second, lambda page: first.stop(), restart)
+        assert "reconnected after" not in second.log()  # Redis stayed up throughout
+
+
+def chat_scenario(
+    chromium: str,
+    tmp_path: Path,
+    alices: Any,
+    bobs: Any,
+    drop: Callable[[Any], None],
+    restore: Callable[[], None],
+) -> None:
+    """alice (on server ``alices``) and bob (on ``bobs``) chat; ``drop(alice's page)`` cuts
+    her off while bob sends, ``restore()`` lets her back; she must show every message once,
+    in order, and say she recovered."""
     from playwright.sync_api import Page, expect, sync_playwright
 
     room = f"lobby-{uuid.uuid4().hex[:6]}"
     errors: list[str] = []
 
-    def open_page(browser: Any, name: str) -> Page:
+    def open_page(browser: Any, server: Any, name: str) -> Page:
         page: Page = browser.new_page(viewport={"width": 1100, "height": 720})
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(chat.http + "/", timeout=WAIT_MS)
+        page.goto(server.http + "/", timeout=WAIT_MS)
         expect(page.locator("#status")).to_contain_text("connected as", timeout=WAIT_MS)
         page.fill("#name", name)
         page.fill("#room", room)
@@ -51,20 +91,19 @@ def test_a_page_that_lost_its_connection_misses_nothing(
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
-            alice = open_page(browser, "alice")
-            bob = open_page(browser, "bob")
+            alice = open_page(browser, alices, "alice")
+            bob = open_page(browser, bobs, "bob")
             for n in range(3):
                 say(bob, f"message {n}")
             expect(alice.locator("#log")).to_contain_text("message 2", timeout=WAIT_MS)
-            # alice's connection drops; she stays away until the test brings her back
-            alice.evaluate(
-                "() => { const c = window.chat.client; c._delay = () => 2 ** 31 - 1;"
-                " c._socket.close(); }"
-            )
+            # she stays away (no reconnect attempt) until the test brings her back
+            alice.evaluate("() => { window.chat.client._delay = () => 2 ** 31 - 1; }")
+            drop(alice)
             expect(alice.locator("#status")).to_contain_text("disconnected", timeout=WAIT_MS)
             for n in range(3, 8):
                 say(bob, f"message {n}")
             expect(bob.locator("#log")).to_contain_text("message 7", timeout=WAIT_MS)
+            restore()
             alice.evaluate(
                 "() => { const c = window.chat.client; clearTimeout(c._timer); c._open(); }"
             )

@@ -106,7 +106,7 @@ async def test_two_publishers_on_two_nodes_one_order_for_every_member(
 
 
 async def test_recovery_on_another_node_then_live(
-    pair: dict[str, Server], stack: AsyncExitStack
+    pair: dict[str, Server], stack: AsyncExitStack, redis_url: str, prefix: str
 ) -> None:
     r = room("race")
     leaver = await connect(stack, pair["a"])
@@ -132,6 +132,15 @@ async def test_recovery_on_another_node_then_live(
     ]  # fmt: skip
     await publish(publisher, r, "live")
     assert [(m["offset"], m["data"]) for m in await messages(back, 1)] == [(8, "live")]
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:  # the room's keys are under the app's prefix, and expire (race: history_ttl=600)
+        keys = sorted(k.decode() for k in await client.keys(f"{prefix}:history:*{r}*"))
+        assert keys == [f"{prefix}:history:{{{r}}}:{part}" for part in ("frames", "meta", "times")]
+        assert all(0 < await client.pttl(k) <= 600_000 for k in keys)
+        assert await client.llen(keys[0]) == 8
+    finally:
+        await client.aclose()
 
 
 async def test_trimmed_history_is_not_recovered_and_replays_nothing(
@@ -208,7 +217,8 @@ async def test_a_message_that_never_arrived_closes_members_with_4000_to_recover(
     client = aioredis.Redis.from_url(redis_url)
     try:  # a message numbered and kept by the real script, but published where nobody listens
         backend = RedisBackend(redis_url, prefix=prefix)
-        frame = '{"type":"message","room":"%s","from":null,"data":"lost","offset":' % r
+        frame = json.dumps({"type": "message", "room": r, "from": None, "data": "lost"})
+        frame = frame.replace(" ", "")[:-1] + ',"offset":'
         offset = await client.eval(
             _HISTORY_APPEND, 3, *backend._history_keys(r),
             f"{prefix}:nowhere", b"", frame, "}", 5, 60_000, 60_000, "unused",

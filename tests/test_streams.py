@@ -122,7 +122,7 @@ async def test_two_managers_on_one_backend_share_offsets_and_recover_across() ->
             got = await messages(peer, 2)
             assert [(m["offset"], m["data"]) for m in got] == [(1, "one"), (2, "two")]
         epoch = _epoch(broker, "r")
-        _, pc = connect(b, "pc")  # another node than the one "pa" was on
+        connect(b, "pc")  # another node than the one "pa" was on
         position, frames, recovered = await b.join_recovering("pc", "r", since=(1, epoch)) or (
             None, [], False
         )

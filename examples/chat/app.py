@@ -67,7 +67,7 @@ async def announce(
 def build_app(manager: RoomManager | None = None) -> FastAPI:
     """The chat app; ``manager`` defaults to a new in-process one that keeps each room's last
     500 messages for an hour, so a page that reconnects misses nothing (examples/multiworker
-    passes a Redis-backed one, without history)."""
+    passes a Redis-backed one that keeps them in Redis)."""
     if manager is None:
         manager = RoomManager(history_size=500, history_ttl=3600)
     app = FastAPI(title="fastapi-rooms chat example")
