@@ -665,7 +665,7 @@ class RoomManager:
         keep = max(ttl or 0.0, self.node_ttl)
         if member:  # it gets every message already: where it stands, nothing to replay
             await self.join(connection_id, room, meta=meta)
-            position = self._streams.position(room)
+            position = self._streams.position(room, connection_id)
             if position is None:
                 try:
                     position = (
@@ -677,11 +677,16 @@ class RoomManager:
             return position, [], False
         self._streams.hold(room, connection_id)  # live messages wait for the history read
         try:
-            await self.join(connection_id, room, meta=meta)
-        finally:
-            if connection_id not in self._rooms.get(room, ()):
-                self._streams.leave(room, connection_id, room not in self._rooms)
+            self.join_room(connection_id, room, meta=meta)
+        except BaseException:
+            self._streams.leave(room, connection_id, room not in self._rooms)
+            raise
         try:
+            # Redis must have confirmed the subscription before the read: then every message
+            # after the position read is on its way here.
+            if not backplane.connected:
+                raise ConnectionError(f"backend down ({backplane.last_error})")
+            await backplane.subscribed(backplane.room_channel(room), backplane.publish_timeout)
             page = await backplane.history_read(
                 room,
                 0 if since is None else since[0],
@@ -690,6 +695,9 @@ class RoomManager:
                 ttl or 0.0,
                 keep,
             )
+        except asyncio.CancelledError:
+            self.leave_room(connection_id, room)  # nothing may stay held for it
+            raise
         except Exception as exc:
             self._unavailable(room, connection_id, exc)
             return None
@@ -794,19 +802,23 @@ class RoomManager:
         envelope = Envelope(self.node_id, kind, target, skip, frame.data)
         return functools.partial(backplane.publish, channel, envelope)
 
-    def _deliver_numbered(self, envelope: Envelope, frame: Frame) -> None:
+    def _deliver_numbered(self, envelope: Envelope, frame: Frame | None) -> None:
         """A message of a room whose history the backend keeps, from any node (this one
         too), in offset order: to the members here that are not joining or covered."""
         room = envelope.target
         members = self._rooms.get(room)
         if not members:
             return
-        skip, spared = self._streams.arrive(room, envelope.offset, envelope.epoch, frame)
+        skip, spared = self._streams.arrive(
+            room, envelope.offset, envelope.epoch, frame, envelope.exclude
+        )
         if spared is not None:
             self._resync(room, spared, f"messages before offset {envelope.offset} were missed")
             members = self._rooms.get(room)
             if not members:
                 return
+        if frame is None:  # too big for this node: seen, not delivered
+            return
         if skip:
             skip.update(envelope.exclude)
             self._deliver(members, frame, skip)
@@ -859,13 +871,14 @@ class RoomManager:
                 )
                 self._resync(room, self._streams.holding(room), why)
 
-    def _history_rooms(self) -> dict[str, float]:
-        """Rooms with history and members here, each with how long the backend keeps it."""
+    def _history_rooms(self) -> dict[str, tuple[float, int]]:
+        """Rooms with history and members here: how long the backend keeps each, and the
+        latest offset delivered here."""
         out = {}
         for room in self._streams.rooms():
             if room in self._rooms:
                 ttl = self.namespaces.room_history(room)[1]
-                out[room] = max(ttl or 0.0, self.node_ttl)
+                out[room] = (max(ttl or 0.0, self.node_ttl), self._streams.last(room))
         return out
 
     def _deliver_remote(self, envelope: Envelope) -> None:
@@ -879,6 +892,8 @@ class RoomManager:
                 self.max_message_bytes,
             )
             self._dropped += 1
+            if envelope.offset and envelope.target in self._rooms:  # still counts as seen
+                self._deliver_numbered(envelope, None)
             return
         frame = Frame(envelope.data)
         if envelope.offset:

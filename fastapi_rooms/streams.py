@@ -25,8 +25,10 @@ class _Stream:
         self.epoch: str | None = None  # None: no message or position seen here yet
         self.last = 0
         self.floors: dict[str, int] = {}  # member -> ignore offsets up to this one
-        self.held: dict[str, list[tuple[int, str, Any]]] = {}  # joining member -> arrivals
-        self.suspect: int | None = None  # an offset the backend had that never arrived here
+        # joining member -> arrivals (offset, epoch, frame; None where it was excluded)
+        self.held: dict[str, list[tuple[int, str, Any]]] = {}
+        # an offset the backend had that had not arrived here, and our latest offset then
+        self.suspect: tuple[int, int] | None = None
 
     def reset(self, position: Position | None) -> None:
         self.epoch, self.last = (None, 0) if position is None else (position.epoch, position.offset)
@@ -43,12 +45,14 @@ class Streams:
     def rooms(self) -> KeysView[str]:
         return self._rooms.keys()
 
-    def position(self, room: str) -> Position | None:
-        """Where the members here stand (None before the first message or join)."""
+    def position(self, room: str, member: str | None = None) -> Position | None:
+        """Where the members here (or ``member``, whose replay may have gone further) stand;
+        None before the first message or join."""
         stream = self._rooms.get(room)
         if stream is None or stream.epoch is None:
             return None
-        return Position(stream.last, stream.epoch)
+        floor = stream.floors.get(member, 0) if member is not None else 0
+        return Position(max(stream.last, floor), stream.epoch)
 
     def holding(self, room: str) -> set[str]:
         stream = self._rooms.get(room)
@@ -59,11 +63,11 @@ class Streams:
         self._rooms.setdefault(room, _Stream()).held[member] = []
 
     def arrive(
-        self, room: str, offset: int, epoch: str, frame: Any
+        self, room: str, offset: int, epoch: str, frame: Any, exclude: tuple[str, ...] = ()
     ) -> tuple[set[str], set[str] | None]:
         """A numbered message: the members not to hand it to now (held, or covered by their
         replay), and, when the members here missed messages before it, the members spared
-        from reconnecting (None: nobody missed anything)."""
+        from reconnecting (None: nobody missed anything). ``exclude``: members it is not for."""
         stream = self._rooms.get(room)
         if stream is None:
             stream = self._rooms[room] = _Stream()
@@ -74,24 +78,25 @@ class Streams:
             gap = new_epoch = True
         elif offset > stream.last + 1:
             gap = True
+        floors = dict(stream.floors)  # the members whose replay went past the others
         if gap:
             stream.reset(Position(offset, epoch))
         elif offset == stream.last + 1:
             stream.last = offset
-        if stream.suspect is not None and offset >= stream.suspect:
+        if stream.suspect is not None and offset >= stream.suspect[0]:
             stream.suspect = None
         skip = set(stream.held)
-        for held in stream.held.values():
-            held.append((offset, epoch, frame))
+        for member, held in stream.held.items():
+            held.append((offset, epoch, None if member in exclude else frame))
         spared = set(skip)
-        floors = stream.floors
         if floors and not new_epoch:
-            for member, floor in list(floors.items()):
-                if offset <= floor:
+            for member, floor in floors.items():
+                if offset <= floor:  # covered by its replay; it missed nothing
                     skip.add(member)
                     spared.add(member)
+                    stream.floors[member] = floor
                 else:
-                    del floors[member]
+                    stream.floors.pop(member, None)
                     if offset == floor + 1:
                         spared.add(member)  # the next one for it: it missed nothing
         return skip, (spared if gap else None)
@@ -110,7 +115,8 @@ class Streams:
             if epoch != position.epoch or offset > expected:
                 return None
             if offset == expected:
-                frames.append(frame)
+                if frame is not None:  # None: excluded from it
+                    frames.append(frame)
                 expected += 1
         stale = stream.epoch is not None and stream.epoch != position.epoch
         if stream.epoch is None or stale:
@@ -118,10 +124,16 @@ class Streams:
         stream.floors[member] = expected - 1
         return frames, stale
 
+    def last(self, room: str) -> int:
+        """The latest offset delivered here (0 when none)."""
+        stream = self._rooms.get(room)
+        return 0 if stream is None or stream.epoch is None else stream.last
+
     def positioned(self, room: str, position: Position | None) -> bool:
         """The backend says where ``room`` stands (None: its history is gone). True when the
-        members here missed messages: another epoch, or an offset reported twice in a row
-        (a heartbeat apart) that never arrived."""
+        members here missed messages: another epoch (the backend starts one when it finds
+        itself behind what was delivered here), or an offset reported a heartbeat ago that
+        still has not arrived while nothing else did either (a lagging node is not deaf)."""
         stream = self._rooms.get(room)
         if stream is None or stream.epoch is None:
             return False
@@ -131,10 +143,10 @@ class Streams:
         if position.offset <= stream.last:
             stream.suspect = None
             return False
-        if stream.suspect is not None:
+        if stream.suspect is not None and stream.suspect[1] == stream.last:
             stream.reset(position)
             return True
-        stream.suspect = position.offset
+        stream.suspect = (position.offset, stream.last)
         return False
 
     def leave(self, room: str, member: str, emptied: bool) -> None:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from fastapi_rooms.backends.base import Append
 from fastapi_rooms.backends.redis import _HISTORY_APPEND, RedisBackend
 
 from .conftest import RedisServer, Server, running_nodes
@@ -43,9 +44,9 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    dict[str, Server]
-]:
+def pair(
+    redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Server]]:
     with running_nodes(tmp_path_factory.mktemp("hist"), nodes(redis_url, prefix)) as servers:
         yield servers
 
@@ -272,3 +273,44 @@ async def test_a_redis_restart_is_a_new_epoch_and_members_recover(
         await publish(again, r, "after")
         for ws in (back, again):
             assert [(m["offset"], m["data"]) for m in await messages(ws, 1)] == [(1, "after")]
+
+
+async def test_the_history_scripts_on_redis(redis_url: str) -> None:
+    """The scripts alone: numbering, trimming by size, a refused item that leaves the rest of
+    the batch alone, a history behind what was delivered, lists out of step."""
+    backend = RedisBackend(redis_url, prefix=f"frscript-{uuid.uuid4().hex[:8]}")
+    await backend.connect()
+    client = backend.client
+    try:
+        item = Append("r", b"", '{"o":', "}", 3, 60, 60)
+        assert await backend.write_many([("ch", item), ("ch", b"plain"), ("ch", item)]) == [
+            1, 0, 2
+        ]  # fmt: skip
+        page = await backend.history_read("r", 0, None, None, 60, 60)
+        assert (page.frames, page.complete, page.position.offset) == (
+            ['{"o":1}', '{"o":2}'],
+            True,
+            2,
+        )
+        await client.set(backend._history_keys("bad")[0], "not a hash")
+        bad = Append("bad", b"", "{", "}", 3, 60, 60)
+        refused, offset = await backend.write_many([("ch", bad), ("ch", item)])
+        assert isinstance(refused, Exception) and "WRONGTYPE" in str(refused) and offset == 3
+        for _ in range(3):
+            await backend.write_many([("ch", item)])
+        page = await backend.history_read("r", 2, page.position.epoch, None, 60, 60)
+        assert page.complete is False and page.frames == []  # 3 was trimmed (size 3)
+        page = await backend.history_read("r", 3, page.position.epoch, 2, 60, 60)
+        assert page.complete and page.frames == ['{"o":4}', '{"o":5}']  # limit 2
+        _, frames, times = backend._history_keys("r")
+        await client.rpop(times)  # one list lost an entry (evicted, expired alone)
+        assert await backend.write_many([("ch", item)]) == [7]
+        assert await client.llen(frames) == await client.llen(times) == 1  # started over
+        [behind] = await backend.history_touch([("r", 60, 9)])  # a node delivered up to 9
+        assert behind is not None and behind.offset == 0 and behind.epoch != page.position.epoch
+        assert await backend.history_touch([("never", 60, 0)]) == [None]
+    finally:
+        keys = await client.keys(f"{backend.prefix}:*")
+        if keys:
+            await client.delete(*keys)
+        await backend.disconnect()

@@ -82,6 +82,55 @@ def test_positions_from_the_backend() -> None:
     assert streams.positioned("s", None) is True  # history gone
 
 
+def test_a_gap_spares_a_member_whose_replay_covered_it() -> None:
+    streams = Streams()
+    streams.arrive("r", 5, "E", "f5")
+    streams.hold("r", "joiner")
+    assert streams.release("r", "joiner", Position(8, "E")) == ([], False)  # its floor: 8
+    skip, spared = streams.arrive("r", 8, "E", "f8")  # 6 and 7 never arrived here
+    assert skip == {"joiner"} and spared == {"joiner"}  # it had 8 already; the others missed
+    assert streams.arrive("r", 9, "E", "f9") == (set(), None)
+    assert streams.position("r", "joiner") == Position(9, "E")
+
+
+def test_held_messages_respect_exclude_and_positions_count_the_replay() -> None:
+    streams = Streams()
+    streams.arrive("r", 1, "E", "f1")
+    streams.hold("r", "me")
+    streams.arrive("r", 2, "E", "f2", exclude=("me",))  # my own message, sent excluding me
+    streams.arrive("r", 3, "E", "f3")
+    assert streams.release("r", "me", Position(1, "E")) == (["f3"], False)  # no gap, no 2
+    streams.hold("r", "ahead")
+    streams.release("r", "ahead", Position(7, "E"))  # 4..7 on their way here
+    assert streams.position("r") == Position(3, "E")
+    assert streams.position("r", "ahead") == Position(7, "E")  # what "ahead" has
+
+
+def test_a_lagging_node_is_not_taken_for_a_deaf_one() -> None:
+    streams = Streams()
+    streams.arrive("r", 1, "E", "f1")
+    assert streams.positioned("r", Position(50, "E")) is False  # behind by 49
+    streams.arrive("r", 2, "E", "f2")  # slowly catching up: progress since the last check
+    assert streams.positioned("r", Position(60, "E")) is False
+    assert streams.positioned("r", Position(60, "E")) is True  # no progress at all: missed
+
+
+async def test_a_backend_behind_what_was_delivered_starts_a_new_epoch() -> None:
+    """A failover to a replica that lagged: the history went back; clients must not be
+    handed other messages under offsets they already saw."""
+    backend = MemoryBackend()
+    await backend.connect()
+    history = backend.broker.history
+    for _ in range(3):
+        history.append("r", 10, 60, lambda n: f"m{n}")
+    backend.broker.keep("r", 60)
+    epoch = history.position("r", 60).epoch
+    assert await backend.history_touch([("r", 60, 3)]) == [Position(3, epoch)]
+    [moved] = await backend.history_touch([("r", 60, 5)])  # this node delivered up to 5
+    assert moved is not None and moved.epoch != epoch and moved.offset == 0
+    assert await backend.history_touch([("gone", 60, 1)]) == [None]
+
+
 def test_leaving_forgets_members_and_empty_rooms() -> None:
     streams = Streams()
     streams.hold("r", "m")

@@ -21,7 +21,9 @@ __all__ = ["Append", "Backend", "Directory", "Presence", "PubSub", "RoomHistory"
 class PubSub(Protocol):
     """Channels between processes. ``listen()`` yields ``(channel, payload)`` for subscribed
     channels and raises when the connection is lost; the backplane then reconnects with
-    backoff and subscribes again."""
+    backoff and subscribes again. A backend whose ``confirms_subscriptions`` is True also
+    yields ``(channel, None)`` once the server confirmed a subscription (only then does a
+    join count as live); for others, ``subscribe()`` returning is the confirmation."""
 
     async def connect(self) -> None: ...
 
@@ -39,7 +41,7 @@ class PubSub(Protocol):
         """Publish in order, in one round trip where the backend can; counts as ``publish``."""
         ...
 
-    def listen(self) -> AsyncIterator[tuple[str, bytes]]: ...
+    def listen(self) -> AsyncIterator[tuple[str, bytes | None]]: ...
 
 
 @runtime_checkable
@@ -100,9 +102,12 @@ class Append:
 class RoomHistory(Protocol):
     """Room history kept by the backend, so every node numbers a room's messages alike."""
 
-    async def write_many(self, items: Sequence[tuple[str, bytes | Append]]) -> list[int]:
+    async def write_many(
+        self, items: Sequence[tuple[str, bytes | Append]]
+    ) -> list[int | Exception]:
         """``publish_many`` in order, where an ``Append`` is numbered, kept, trimmed and
-        published at once; its result is its offset."""
+        published at once; its result is its offset. An item the backend refused (its data,
+        not the link) is the error, and the others still count."""
         ...
 
     async def history_read(
@@ -113,7 +118,11 @@ class RoomHistory(Protocol):
         A room without kept state starts an epoch here (offset 0), alive ``keep`` seconds."""
         ...
 
-    async def history_touch(self, rooms: Sequence[tuple[str, float]]) -> list[Position | None]:
-        """Keep each ``(room, keep)``'s offset and epoch alive ``keep`` more seconds; their
-        positions, None for a room whose history is gone."""
+    async def history_touch(
+        self, rooms: Sequence[tuple[str, float, int]]
+    ) -> list[Position | None]:
+        """Keep each ``(room, keep, last)``'s offset and epoch alive ``keep`` more seconds;
+        their positions, None for a room whose history is gone. A history behind ``last``
+        (the latest offset a node delivered) starts a new epoch: it is not the one clients
+        saw."""
         ...

@@ -34,9 +34,11 @@ class MemoryBroker:
 class MemoryBackend:
     """Pub/sub and directory in memory; useful for tests and single-process apps."""
 
+    confirms_subscriptions = True
+
     def __init__(self, broker: MemoryBroker | None = None) -> None:
         self.broker = broker if broker is not None else MemoryBroker()
-        self._queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, bytes | None] | None] = asyncio.Queue()
         self._channels: set[str] = set()
         self.connected = False
 
@@ -53,6 +55,7 @@ class MemoryBackend:
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
         self.broker.subscribers.setdefault(channel, set()).add(self)
+        self._queue.put_nowait((channel, None))  # confirmed, in order with its messages
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
@@ -73,8 +76,10 @@ class MemoryBackend:
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         return [await self.publish(channel, payload) for channel, payload in items]
 
-    async def write_many(self, items: Sequence[tuple[str, bytes | Append]]) -> list[int]:
-        out = []
+    async def write_many(
+        self, items: Sequence[tuple[str, bytes | Append]]
+    ) -> list[int | Exception]:
+        out: list[int | Exception] = []
         for channel, item in items:
             if isinstance(item, bytes):
                 out.append(await self.publish(channel, item))
@@ -101,18 +106,24 @@ class MemoryBackend:
             self.broker.keep(room, keep)
         return history.since(room, since, epoch, ttl, limit)
 
-    async def history_touch(self, rooms: Sequence[tuple[str, float]]) -> list[Position | None]:
-        out = []
-        for room, keep in rooms:
-            position = self.broker.history.peek(room, None)
-            if position is not None and self.broker.kept_until.get(room, 0) > time.monotonic():
-                self.broker.keep(room, keep)
-            else:
-                position = None
+    async def history_touch(
+        self, rooms: Sequence[tuple[str, float, int]]
+    ) -> list[Position | None]:
+        out: list[Position | None] = []
+        history = self.broker.history
+        for room, keep, last in rooms:
+            position = history.peek(room, None)
+            if position is None or self.broker.kept_until.get(room, 0) <= time.monotonic():
+                out.append(None)
+                continue
+            if position.offset < last:  # behind what was delivered: a new history
+                history.forget(room)
+                position = history.position(room, None)
+            self.broker.keep(room, keep)
             out.append(position)
         return out
 
-    async def listen(self) -> AsyncIterator[tuple[str, bytes]]:
+    async def listen(self) -> AsyncIterator[tuple[str, bytes | None]]:
         while True:
             item = await self._queue.get()
             if item is None:

@@ -89,6 +89,8 @@ local function start(candidate, keep)
     redis.call('DEL', KEYS[2], KEYS[3])
     redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
     redis.call('PEXPIRE', KEYS[1], keep)
+  elseif redis.call('LLEN', KEYS[2]) ~= redis.call('LLEN', KEYS[3]) then
+    redis.call('DEL', KEYS[2], KEYS[3])  -- one list evicted or expired alone: start them over
   end
   return epoch
 end
@@ -146,10 +148,17 @@ return {epoch, n, oldest, frames}
 """
 )
 
-# KEYS: a room's hash; ARGV: keep ms -> {epoch, offset}, or {} when its history is gone
+# ARGV: keep ms, the latest offset a node delivered, epoch candidate -> {epoch, offset}, or {}
+# when the history is gone. Behind what was delivered (a failover to a replica that lagged, a
+# restore from an older dump), the history is not the one clients saw: start a new epoch.
 _HISTORY_TOUCH = """
 local kept = redis.call('HMGET', KEYS[1], 'e', 'n')
 if not kept[1] then return {} end
+if tonumber(kept[2]) < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'e', ARGV[3], 'n', 0)
+  kept = {ARGV[3], 0}
+end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 return kept
 """
@@ -175,6 +184,8 @@ def redact(url: str) -> str:
 
 class RedisBackend:
     """Pub/sub channels and ``{prefix}:conn:{id}`` directory keys on one Redis server."""
+
+    confirms_subscriptions = True  # SUBSCRIBE is only sent; Redis's reply comes on listen()
 
     def __init__(
         self, url: str, *, prefix: str = "fastapi_rooms", timeout: float = 1.0, **options: Any
@@ -215,7 +226,7 @@ class RedisBackend:
         client = aioredis.Redis.from_url(self.url, **self._options)
         await client.ping()
         # The pub/sub connection reads without a timeout; commands keep theirs.
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
         self._client = client
 
     async def disconnect(self) -> None:
@@ -246,8 +257,11 @@ class RedisBackend:
                 pipe.publish(channel, payload)
             return [int(n) for n in await pipe.execute()]
 
-    async def write_many(self, items: Sequence[tuple[str, bytes | Append]]) -> list[int]:
-        """``publish_many``, each ``Append`` run by the history script in the same pipeline."""
+    async def write_many(
+        self, items: Sequence[tuple[str, bytes | Append]]
+    ) -> list[int | Exception]:
+        """``publish_many``, each ``Append`` run by the history script in the same pipeline;
+        an item Redis refused (out of memory, a key of another type) is its error."""
         async with self.client.pipeline(transaction=False) as pipe:
             for channel, item in items:
                 if isinstance(item, bytes):
@@ -266,7 +280,8 @@ class RedisBackend:
                     _ms(max(item.keep, item.ttl)),
                     uuid.uuid4().hex[:16],
                 )
-            return [int(n) for n in await pipe.execute()]
+            replies = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, aioredis.ResponseError) else int(r) for r in replies]
 
     async def history_read(
         self, room: str, since: int, epoch: str | None, limit: int | None, ttl: float, keep: float
@@ -290,16 +305,25 @@ class RedisBackend:
         )
         return HistoryPage(position, [_text(f) for f in frames] if complete else [], complete)
 
-    async def history_touch(self, rooms: Sequence[tuple[str, float]]) -> list[Position | None]:
+    async def history_touch(
+        self, rooms: Sequence[tuple[str, float, int]]
+    ) -> list[Position | None]:
         if not rooms:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
-            for room, keep in rooms:  # one script per room: rooms may live on other slots
-                pipe.eval(_HISTORY_TOUCH, 1, self._history_keys(room)[0], _ms(keep))
+            for room, keep, last in rooms:  # one script per room: rooms may be on other slots
+                pipe.eval(
+                    _HISTORY_TOUCH,
+                    3,
+                    *self._history_keys(room),
+                    _ms(keep),
+                    last,
+                    uuid.uuid4().hex[:16],
+                )
             replies = await pipe.execute()
         return [Position(int(r[1]), _text(r[0])) if r else None for r in replies]
 
-    async def listen(self) -> AsyncIterator[tuple[str, bytes]]:
+    async def listen(self) -> AsyncIterator[tuple[str, bytes | None]]:
         pubsub = self._pubsub
         if pubsub is None:
             raise ConnectionError("RedisBackend is not connected")
@@ -310,7 +334,11 @@ class RedisBackend:
             message = await pubsub.get_message(timeout=None)
             if message is None:
                 continue
-            if message.get("type") != "message":
+            kind = message.get("type")
+            if kind == "subscribe":
+                yield _text(message["channel"]), None  # Redis confirmed the subscription
+                continue
+            if kind != "message":
                 continue
             channel = message["channel"]
             data = message["data"]

@@ -47,7 +47,7 @@ class Backplane:
         prefix: str,
         deliver: Callable[[Envelope], None],
         positioned: Callable[[dict[str, Position | None]], None] = lambda positions: None,
-        history_rooms: Callable[[], dict[str, float]] = dict,
+        history_rooms: Callable[[], dict[str, tuple[float, int]]] = dict,
         directory_ttl: float = 30.0,
         publish_timeout: float = 1.0,
         max_pending: int = 10_000,
@@ -58,7 +58,7 @@ class Backplane:
         self.prefix = prefix
         self._deliver = deliver
         self._positioned = positioned  # told where the rooms with history here stand
-        self._history_rooms = history_rooms  # those rooms, each with how long to keep it
+        self._history_rooms = history_rooms  # those rooms: how long to keep, latest offset
         self.directory_ttl = directory_ttl
         self.publish_timeout = publish_timeout
         self.max_pending = max_pending
@@ -73,7 +73,8 @@ class Backplane:
         self.all_channel = f"{prefix}:all"
         self.node_channel = self.node_channel_of(node)
         self._wanted: set[str] = {self.all_channel, self.node_channel}
-        self._active: set[str] = set()
+        self._active: set[str] = set()  # subscribed (the SUBSCRIBE was sent)
+        self._confirmed: set[str] = set()  # and the backend confirmed it
         self._subscribe_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._unsubscribing: str | None = None
         self._changed = asyncio.Event()
@@ -166,7 +167,7 @@ class Backplane:
     async def subscribed(self, channel: str, timeout: float) -> None:
         """Wait until ``channel`` is subscribed on the backend (if it is still wanted)."""
         if (
-            channel in self._active and channel != self._unsubscribing
+            channel in self._confirmed and channel != self._unsubscribing
         ) or channel not in self._wanted:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -234,6 +235,7 @@ class Backplane:
             try:
                 await self.backend.connect()
                 self._active = set()
+                self._confirmed = set()
                 self._register |= self._local_ids  # the directory may have expired meanwhile
                 self._presence_set.update(self._presence)
                 await self._reconcile()
@@ -320,12 +322,12 @@ class Backplane:
     async def _reconcile(self) -> None:
         self._changed.clear()
         backend = self.backend
+        confirms = getattr(backend, "confirms_subscriptions", False)
         for channel in sorted(self._wanted - self._active):
             await backend.subscribe(channel)
             self._active.add(channel)
-            for future in self._subscribe_waiters.pop(channel, ()):
-                if not future.done():
-                    future.set_result(None)
+            if not confirms:
+                self._confirm(channel)
         for channel in sorted(self._active - self._wanted):
             if channel in self._wanted:
                 continue  # wanted again while an earlier channel was being unsubscribed
@@ -335,6 +337,7 @@ class Backplane:
             finally:
                 self._unsubscribing = None
             self._active.discard(channel)
+            self._confirmed.discard(channel)
             if channel in self._wanted:
                 self._changed.set()  # joined again meanwhile: subscribe on the next pass
         if self._register:
@@ -385,8 +388,20 @@ class Backplane:
                 self._presence_del.update(key for key in gone if key not in self._presence)
                 raise
 
+    def _confirm(self, channel: str) -> None:
+        """The backend confirmed a subscription: joins waiting for it are live."""
+        if channel not in self._active:
+            return  # unsubscribed meanwhile
+        self._confirmed.add(channel)
+        for future in self._subscribe_waiters.pop(channel, ()):
+            if not future.done():
+                future.set_result(None)
+
     async def _listen(self) -> None:
-        async for _channel, payload in self.backend.listen():
+        async for channel, payload in self.backend.listen():
+            if payload is None:
+                self._confirm(channel)
+                continue
             self.messages_in += 1
             try:
                 envelope = decode(payload)
@@ -494,14 +509,15 @@ class Backplane:
                     batch.append(item)
                 self._in_flight = len(batch)
                 try:
+                    counts: list[int | Exception]
                     if appends:
                         assert isinstance(self.backend, RoomHistory)  # checked at start-up
                         write = self.backend.write_many([(c, p) for c, p, _ in batch])
+                        counts = await asyncio.wait_for(write, self.publish_timeout)
                     else:
-                        write = self.backend.publish_many(
-                            [(c, p) for c, p, _ in batch]  # type: ignore[misc]
-                        )
-                    counts = await asyncio.wait_for(write, self.publish_timeout)
+                        plain = [(c, p) for c, p, _ in batch if isinstance(p, bytes)]
+                        publish = self.backend.publish_many(plain)
+                        counts = [*await asyncio.wait_for(publish, self.publish_timeout)]
                 except Exception as exc:
                     self.publish_errors += 1
                     self.publish_dropped += len(batch)
@@ -513,8 +529,15 @@ class Backplane:
                     raise
                 finally:
                     self._in_flight = 0
-                self.messages_out += len(batch)
-                for (_, _, future), count in zip(batch, counts, strict=True):
+                for (channel, _, future), count in zip(batch, counts, strict=True):
+                    if isinstance(count, Exception):  # refused by the backend, link fine
+                        self.publish_errors += 1
+                        self.publish_dropped += 1
+                        self.last_error = f"{type(count).__name__}: {count}"
+                        _log.error("the backend refused a message for %s: %s", channel, count)
+                        count = 0
+                    else:
+                        self.messages_out += 1
                     if future is not None and not future.done():
                         future.set_result(count)
             self._flushed.set()
@@ -546,7 +569,8 @@ class Backplane:
             raise ConnectionError(f"backend {self.backend!r} is not connected ({self.last_error})")
         assert isinstance(self.backend, RoomHistory)  # checked at start-up
         return await asyncio.wait_for(
-            self.backend.history_read(room, since, epoch, limit, ttl, keep), self.publish_timeout
+            self.backend.history_read(room, since, epoch, limit, ttl, keep),
+            max(5.0, self.publish_timeout),  # a replay of a whole history may be megabytes
         )
 
     async def _check_positions(self) -> None:
@@ -554,9 +578,9 @@ class Backplane:
         rooms = self._history_rooms()
         if not rooms or not isinstance(self.backend, RoomHistory):
             return
-        items = sorted(rooms.items())
+        items = sorted((room, keep, last) for room, (keep, last) in rooms.items())
         positions = await self.backend.history_touch(items)
-        self._positioned(dict(zip((room for room, _ in items), positions, strict=True)))
+        self._positioned(dict(zip((room for room, _, _ in items), positions, strict=True)))
 
     async def locate(self, connection_id: str) -> str | None:
         if not self.connected:
