@@ -138,7 +138,8 @@ async def test_recovery_on_another_node_then_live(
     try:  # the room's keys are under the app's prefix, and expire (race: history_ttl=600)
         keys = sorted(k.decode() for k in await client.keys(f"{prefix}:history:*{r}*"))
         assert keys == [f"{prefix}:history:{{{r}}}:{part}" for part in ("frames", "meta", "times")]
-        assert all(0 < await client.pttl(k) <= 600_000 for k in keys)
+        ttls = [await client.pttl(k) for k in keys]
+        assert all(0 < ttl <= 600_000 for ttl in ttls), ttls
         assert await client.llen(keys[0]) == 8
     finally:
         await client.aclose()

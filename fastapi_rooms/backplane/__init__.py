@@ -324,8 +324,12 @@ class Backplane:
         backend = self.backend
         confirms = getattr(backend, "confirms_subscriptions", False)
         for channel in sorted(self._wanted - self._active):
-            await backend.subscribe(channel)
-            self._active.add(channel)
+            self._active.add(channel)  # first: the confirmation may be read before we resume
+            try:
+                await backend.subscribe(channel)
+            except BaseException:
+                self._active.discard(channel)
+                raise
             if not confirms:
                 self._confirm(channel)
         for channel in sorted(self._active - self._wanted):
