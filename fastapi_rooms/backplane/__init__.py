@@ -28,6 +28,10 @@ _FIRST = asyncio.FIRST_COMPLETED
 _CHUNK = 1000  # presence entries per backend call
 _BATCH = 500  # envelopes per publish round trip
 _BATCH_BYTES = 4 << 20  # and at most this many payload bytes (one envelope may exceed it)
+# A batch's reply may wait behind this process's own work (a node fanning a burst out to
+# thousands of members), so a batch fails on a longer bound than one confirmation does; a
+# Redis that stopped answering is also caught by the deafness probes.
+_WRITE_TIMEOUT = 5.0
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -61,6 +65,7 @@ class Backplane:
         self._history_rooms = history_rooms  # those rooms: how long to keep, latest offset
         self.directory_ttl = directory_ttl
         self.publish_timeout = publish_timeout
+        self._write_timeout = max(_WRITE_TIMEOUT, publish_timeout)
         self.max_pending = max_pending
         self._backoff = backoff
         # Outgoing envelopes wait here in publish order; one writer sends them in batches.
@@ -517,11 +522,11 @@ class Backplane:
                     if appends:
                         assert isinstance(self.backend, RoomHistory)  # checked at start-up
                         write = self.backend.write_many([(c, p) for c, p, _ in batch])
-                        counts = await asyncio.wait_for(write, self.publish_timeout)
+                        counts = await asyncio.wait_for(write, self._write_timeout)
                     else:
                         plain = [(c, p) for c, p, _ in batch if isinstance(p, bytes)]
                         publish = self.backend.publish_many(plain)
-                        counts = [*await asyncio.wait_for(publish, self.publish_timeout)]
+                        counts = [*await asyncio.wait_for(publish, self._write_timeout)]
                 except Exception as exc:
                     self.publish_errors += 1
                     self.publish_dropped += len(batch)
