@@ -50,6 +50,9 @@ class RoomManager:
     the frame for it. ``start()`` waits up to ``startup_timeout`` seconds for the backend.
     ``authorize_join``, ``max_room_members`` and ``presence_events`` are the rules of rooms
     that match no declared ``namespace()``; ``strict_namespaces=True`` refuses such rooms.
+    ``deaf_after``: with a backend, seconds without anything arriving on its subscription
+    (this node's own probes, sent every third of it, included) after which the node takes it
+    for dead and reconnects.
     ``history_size``/``history_ttl``: the messages every room keeps for recovery, and for
     how long (0: no history; a namespace may say otherwise). With a backend, the backend
     keeps them (a TTL is then required) and numbers each room's messages for every node.
@@ -68,6 +71,7 @@ class RoomManager:
         prefix: str = "fastapi_rooms",
         node_id: str | None = None,
         node_ttl: float = 30.0,
+        deaf_after: float = 3.0,
         authorize_join: JoinPolicy | None = None,
         max_rooms_per_connection: int | None = None,
         max_room_members: int | None = None,
@@ -103,6 +107,7 @@ class RoomManager:
         self._handlers_idle = asyncio.Event()
         self._handlers_idle.set()
         self._started = False
+        self._draining = False
         self._delivered = 0
         self._dropped = 0
         self._discarded = 0
@@ -144,6 +149,7 @@ class RoomManager:
                 positioned=self._positioned,
                 history_rooms=self._history_rooms,
                 directory_ttl=node_ttl,
+                deaf_after=deaf_after,
             )
         )
 
@@ -920,6 +926,18 @@ class RoomManager:
     @property
     def started(self) -> bool:
         return self._started
+
+    def not_ready(self) -> str | None:
+        """Why this node should not be sent new connections now, or None when it should:
+        not started, draining, or its backend down (deaf counts as down)."""
+        if not self._started:
+            return "not started"
+        if self._draining:
+            return "draining"
+        backplane = self.backplane
+        if backplane is not None and not backplane.connected:
+            return f"backend not connected ({backplane.last_error})"
+        return None
 
     async def start(self) -> None:
         """Called by the app's lifespan (through the rooms router): connects the backend.

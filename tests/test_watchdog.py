@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,63 +32,80 @@ SLACK = 3.0
 
 
 class Proxy:
-    """A TCP proxy to Redis whose open connections can be made to go silent (nothing
-    forwarded, nothing closed), as a broken network path or a stuck middlebox would."""
+    """A TCP proxy to Redis, on its own thread and loop (a test's blocking waits do not stall
+    it), whose open connections can be made to go silent: nothing forwarded, nothing closed,
+    as a broken network path or a stuck middlebox would."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = free_port()
         self._stalls: list[asyncio.Event] = []  # one per connection
+        self._subscribers: list[asyncio.Event] = []  # those of connections that SUBSCRIBEd
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
+        self._pumps: set[asyncio.Future[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+    def start(self) -> None:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, "127.0.0.1", self.port), self._loop
+        ).result(10)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target)
-        self._writers += [writer, upstream]
         stall = asyncio.Event()
         self._stalls.append(stall)
-        for src, dst in ((reader, upstream), (upstream_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst, stall))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for src, dst, watch in ((reader, upstream, True), (upstream_reader, writer, False)):
+            pump = asyncio.ensure_future(self._pump(src, dst, stall, watch))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
 
-    @staticmethod
     async def _pump(
-        src: asyncio.StreamReader, dst: asyncio.StreamWriter, stall: asyncio.Event
+        self,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        stall: asyncio.Event,
+        watch: bool,
     ) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await src.read(65536):
+                if watch and b"SUBSCRIBE" in data.upper() and stall not in self._subscribers:
+                    self._subscribers.append(stall)  # the pub/sub connection
                 if stall.is_set():
                     await asyncio.Event().wait()  # silent from now on, and still open
                 dst.write(data)
                 await dst.drain()
 
-    def stall(self) -> None:
-        """Connections open now go silent; later ones work."""
-        for stall in self._stalls:
-            stall.set()
+    def stall(self, subscribers_only: bool = False) -> None:
+        """Connections open now (or only the pub/sub ones) go silent; later ones work."""
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for writer in self._writers:
-            writer.close()
+        def stall_now() -> None:
+            for stall in self._subscribers if subscribers_only else self._stalls:
+                stall.set()
+
+        self._loop.call_soon_threadsafe(stall_now)
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
+        self._thread.join(10)
 
 
 @pytest.fixture
-async def proxy(private_redis: RedisServer) -> AsyncIterator[Proxy]:
+def proxy(private_redis: RedisServer) -> Iterator[Proxy]:
     proxy = Proxy(private_redis.port)
-    await proxy.start()
+    proxy.start()
     try:
         yield proxy
     finally:
-        await proxy.close()
+        proxy.close()
 
 
 def node(tmp_path: Path, url: str) -> Any:
@@ -136,8 +154,22 @@ async def test_a_silent_network_path_is_noticed_within_the_bound(
         proxy.stall()  # both of the node's connections go silent; nothing is closed
         assert await noticed(server, before, t0) <= BOUND + SLACK
         await delivered_again(server)  # new connections through the proxy work
-        log = server.log()
-        assert "deaf" in log or "not confirmed" in log or "failed" in log, log[-2000:]
+
+
+async def test_a_silent_subscriber_while_commands_work_is_noticed_within_the_bound(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    """python-socketio#1581's failure: the subscriber hears nothing, every command still
+    works, nothing else would ever notice. The node's own probes do not come back."""
+    with node(tmp_path, f"redis://127.0.0.1:{proxy.port}/0") as server:
+        before = await connected(server)
+        t0 = time.monotonic()
+        proxy.stall(subscribers_only=True)
+        elapsed = await noticed(server, before, t0)
+        assert DEAF_AFTER - 0.5 <= elapsed <= BOUND + SLACK  # the probes, not an error
+        await delivered_again(server)
+        assert (await stats(server))["deaf_events"] == 1
+        assert "deaf: nothing arrived on the subscription" in server.log()
 
 
 async def test_a_killed_subscriber_is_noticed_at_once(
@@ -186,9 +218,41 @@ async def test_a_paused_redis_is_noticed_within_the_bound(
         client = aioredis.Redis.from_url(private_redis.url)
         try:
             t0 = time.monotonic()
-            await client.execute_command("CLIENT", "PAUSE", 8000, "ALL")
+            # every client's commands wait (UNPAUSE too): it ends by itself after 7.5 s
+            await client.execute_command("CLIENT", "PAUSE", 7500, "ALL")
             assert await noticed(server, before, t0) <= BOUND + SLACK
-            await client.execute_command("CLIENT", "UNPAUSE")
         finally:
             await client.aclose()
         await delivered_again(server)
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "granian-rsgi"])
+async def test_readiness_follows_the_backend_and_liveness_stays(
+    kind: str, private_redis: RedisServer, tmp_path: Path
+) -> None:
+    env = {"REDIS_URL": private_redis.url, "ROOMS_PREFIX": f"ready-{uuid.uuid4().hex[:6]}",
+           "DEAF_AFTER": str(DEAF_AFTER)}  # fmt: skip
+    with running(kind, app_for("redis_app", kind), tmp_path, env) as server:
+        async with http(server) as anonymous:  # probes carry no credentials
+
+            async def status(path: str) -> tuple[int, dict[str, Any]]:
+                response = await anonymous.get(path)
+                return response.status_code, response.json()
+
+            assert await status("/livez") == (200, {"status": "alive"})
+            await connected(server)
+            assert await status("/readyz") == (200, {"status": "ready"})
+            private_redis.kill()
+
+            async def not_ready() -> bool:
+                return await status("/readyz") == (503, {"status": "not_ready"})  # no detail
+
+            await until(not_ready, what="readiness failing with Redis gone")
+            assert await status("/livez") == (200, {"status": "alive"})
+            private_redis.start()
+
+            async def ready() -> bool:
+                return (await status("/readyz"))[0] == 200
+
+            await until(ready, what="ready again")
+        assert "readiness probe: not ready (backend not connected" in server.log()

@@ -53,6 +53,7 @@ class Backplane:
         positioned: Callable[[dict[str, Position | None]], None] = lambda positions: None,
         history_rooms: Callable[[], dict[str, tuple[float, int]]] = dict,
         directory_ttl: float = 30.0,
+        deaf_after: float = 3.0,
         publish_timeout: float = 1.0,
         max_pending: int = 10_000,
         backoff: tuple[float, float] = (0.1, 5.0),
@@ -64,6 +65,12 @@ class Backplane:
         self._positioned = positioned  # told where the rooms with history here stand
         self._history_rooms = history_rooms  # those rooms: how long to keep, latest offset
         self.directory_ttl = directory_ttl
+        if deaf_after <= 0:
+            raise ValueError(f"deaf_after must be positive seconds, got {deaf_after!r}")
+        self.deaf_after = deaf_after  # silence on the subscription that means it is dead
+        self._heard = 0.0  # when the subscription last delivered anything (probes included)
+        self._probe = encode(Envelope(node, "probe", "", (), b""))
+        self.deaf_events = 0
         self.publish_timeout = publish_timeout
         self._write_timeout = max(_WRITE_TIMEOUT, publish_timeout)
         self.max_pending = max_pending
@@ -245,6 +252,7 @@ class Backplane:
                 self._presence_set.update(self._presence)
                 await self._reconcile()
                 self.connected = True
+                self._heard = time.monotonic()
                 self.down.clear()
                 await self._check_positions()  # history may have moved on, or be gone
                 if down_since is not None:
@@ -286,8 +294,25 @@ class Backplane:
         stopping = loop.create_task(self._stopping.wait())
         try:
             heartbeat_at = time.monotonic() + self.directory_ttl / 3
+            probe_every = self.deaf_after / 3
+            probe_at = 0.0
             while True:
-                timeout = max(0.0, heartbeat_at - time.monotonic())
+                now = time.monotonic()
+                if now >= probe_at:  # a probe to ourselves: quiet channels still speak
+                    self._enqueue(self.node_channel, self._probe, None)
+                    probe_at = now + probe_every
+                silent = now - self._heard
+                if silent > self.deaf_after:
+                    self.deaf_events += 1
+                    _log.error(
+                        "backend %r: deaf: nothing arrived on the subscription for %.1fs, not "
+                        "even this node's own probes (deaf_after=%.1fs); reconnecting",
+                        self.backend,
+                        silent,
+                        self.deaf_after,
+                    )
+                    raise ConnectionError(f"deaf for {silent:.1f}s: reconnecting")
+                timeout = max(0.0, min(heartbeat_at, probe_at) - now)
                 waiter = asyncio.ensure_future(self._changed.wait())
                 done, _ = await asyncio.wait(
                     {listener, writer, waiter, stopping},
@@ -407,9 +432,13 @@ class Backplane:
                 future.set_result(None)
 
     async def _listen(self) -> None:
+        probe = self._probe
         async for channel, payload in self.backend.listen():
+            self._heard = time.monotonic()
             if payload is None:
                 self._confirm(channel)
+                continue
+            if payload == probe:
                 continue
             self.messages_in += 1
             try:
@@ -467,9 +496,18 @@ class Backplane:
             return 0
 
     def _enqueue(
-        self, channel: str, envelope: Envelope | Append, future: asyncio.Future[int] | None
+        self,
+        channel: str,
+        envelope: Envelope | Append | bytes,
+        future: asyncio.Future[int] | None,
     ) -> bool:
-        kind = "numbered room" if isinstance(envelope, Append) else envelope.kind
+        kind = (
+            "numbered room"
+            if isinstance(envelope, Append)
+            else "probe"
+            if isinstance(envelope, bytes)
+            else envelope.kind
+        )
         if not self.connected:
             self.publish_dropped += 1
             _log.warning(
@@ -489,7 +527,7 @@ class Backplane:
                 channel,
             )
             return False
-        item = envelope if isinstance(envelope, Append) else encode(envelope)
+        item = envelope if isinstance(envelope, (Append, bytes)) else encode(envelope)
         self._pending.append((channel, item, future))
         self._pending_event.set()
         self._flushed.clear()
@@ -538,14 +576,14 @@ class Backplane:
                     raise
                 finally:
                     self._in_flight = 0
-                for (channel, _, future), count in zip(batch, counts, strict=True):
+                for (channel, payload, future), count in zip(batch, counts, strict=True):
                     if isinstance(count, Exception):  # refused by the backend, link fine
                         self.publish_errors += 1
                         self.publish_dropped += 1
                         self.last_error = f"{type(count).__name__}: {count}"
                         _log.error("the backend refused a message for %s: %s", channel, count)
                         count = 0
-                    else:
+                    elif payload is not self._probe:  # probes are not messages
                         self.messages_out += 1
                     if future is not None and not future.done():
                         future.set_result(count)
@@ -617,6 +655,8 @@ class Backplane:
             "publish_errors": self.publish_errors,
             "publish_dropped": self.publish_dropped,
             "pending": len(self._pending) + self._in_flight,  # queued or being written
+            "deaf_events": self.deaf_events,
+            "silent_seconds": round(time.monotonic() - self._heard, 3) if self.connected else None,
             "malformed_envelopes": self.malformed,
             "presence_errors": self.presence_errors,
             "deliver_errors": self.deliver_errors,

@@ -78,7 +78,7 @@ def decode(payload: bytes) -> Envelope:
     exclude = header.get("x", [])
     if (
         not isinstance(origin, str)
-        or kind not in ("room", "all", "conn", "user")
+        or kind not in ("room", "all", "conn", "user", "probe")
         or not isinstance(target, str)
     ):
         raise ValueError(f"envelope header lacks a valid origin, kind or target: {header!r}")

@@ -29,6 +29,7 @@ from ..policy import Limits, _header, client_ip, origin_allowed, user_id_of
 from ..websocket import RSGI_EXTENSION, WebSocket
 from .asyncapi import HandlerDoc, get_asyncapi, get_asyncapi_html
 from .dependencies import _NOT_STARTED, STATE_KEY, get_manager, manager_for
+from .health import add_health_endpoints
 from .ready import serve_protocol
 from .rest import add_rest_endpoints
 
@@ -255,6 +256,8 @@ class RoomsRouter(APIRouter):
     AsyncAPI document and ``asyncapi_docs_url`` its page (None turns either off; without the
     document there is no page, as FastAPI's ``openapi_url=None`` turns off ``/docs``);
     ``security`` names the schemes ``authenticate`` reads, for that document.
+    ``liveness_url`` and ``readiness_url`` are the probes of a load balancer or Kubernetes
+    (anonymous; they answer a status word only).
     """
 
     def __init__(
@@ -273,6 +276,8 @@ class RoomsRouter(APIRouter):
         asyncapi_docs_url: str | None = "/asyncapi",
         security: Sequence[SecurityBase] = (),
         client_js_url: str | None = "/client.js",
+        liveness_url: str | None = "/livez",
+        readiness_url: str | None = "/readyz",
         **kwargs: Any,
     ) -> None:
         user_lifespan = kwargs.pop("lifespan", None)
@@ -311,6 +316,7 @@ class RoomsRouter(APIRouter):
                 self._open_rest = open_rest
         if ready_endpoint is not None:
             self._add_ready_endpoint(ready_endpoint, authenticate=authenticate is not None)
+        add_health_endpoints(self, self.manager, liveness_url, readiness_url)
         if client_js_url is not None:
             self.add_api_route(
                 client_js_url,
@@ -690,6 +696,8 @@ def create_rooms_router(
     asyncapi_docs_url: str | None = "/asyncapi",
     security: Sequence[SecurityBase] = (),
     client_js_url: str | None = "/client.js",
+    liveness_url: str | None = "/livez",
+    readiness_url: str | None = "/readyz",
     **apirouter_kwargs: Any,
 ) -> RoomsRouter:
     """A RoomsRouter with ``manager`` (a new in-process one by default).
@@ -700,7 +708,8 @@ def create_rooms_router(
     ``dependencies=`` or ``rest_dependencies=`` protect them, or ``insecure_rest=True``.
     ``authenticate``, ``allowed_origins`` and ``limits``: see the Security docs.
     ``asyncapi_url``/``asyncapi_docs_url`` serve the AsyncAPI document and its page,
-    ``client_js_url`` the JavaScript client (None turns any of them off).
+    ``client_js_url`` the JavaScript client, ``liveness_url``/``readiness_url`` the health
+    probes (None turns any of them off).
     """
     return RoomsRouter(
         manager,
@@ -717,5 +726,7 @@ def create_rooms_router(
         asyncapi_docs_url=asyncapi_docs_url,
         security=security,
         client_js_url=client_js_url,
+        liveness_url=liveness_url,
+        readiness_url=readiness_url,
         **apirouter_kwargs,
     )

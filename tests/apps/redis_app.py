@@ -1,7 +1,7 @@
 """The rooms router on a Redis backend; one process of a multi-node test.
 
 Environment: ``REDIS_URL``, ``ROOMS_PREFIX`` (unique per test run), ``NODE_ID``, and
-``NODE_TTL`` (seconds; a heartbeat is a third of it).
+``NODE_TTL`` (seconds; a heartbeat is a third of it), ``DEAF_AFTER`` (seconds).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ manager = RoomManager(
     prefix=os.environ["ROOMS_PREFIX"],
     node_id=os.environ.get("NODE_ID") or None,
     node_ttl=float(os.environ.get("NODE_TTL") or 30),
+    deaf_after=float(os.environ.get("DEAF_AFTER") or 3),
 )
 rooms = create_rooms_router(manager, insecure_rest=True)  # test app: REST open
 rooms.namespace("history:{name}", history_size=5, history_ttl=60)  # kept in Redis
