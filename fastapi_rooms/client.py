@@ -87,6 +87,7 @@ class RoomsClient:
         self.open_timeout = open_timeout
         self.connection_id: str | None = None
         self.connects = 0  # how many times a connection was opened
+        self._next_delay: float | None = None  # a "shutdown" event's reconnect delay, seconds
         self._rooms: dict[str, _Room] = {}
         self._ws: ClientConnection | None = None
         self._ready = asyncio.Event()  # connected and welcomed: joins may be sent
@@ -228,6 +229,10 @@ class RoomsClient:
                 attempt = 0  # it held for a while: start the backoff over
             if self._closing:
                 break
+            if self._next_delay is not None:  # the server drained: its delay, not a backoff
+                delay, self._next_delay = self._next_delay, None
+                await asyncio.sleep(delay)
+                continue
             await self._backoff(attempt)
             attempt += 1
 
@@ -318,6 +323,11 @@ class RoomsClient:
                 state.presence[cid] = {"user_id": event.get("user_id"), "meta": event.get("meta")}
             else:
                 state.presence.pop(cid, None)
+        elif kind == "shutdown":  # the server drains: come back after its delay, elsewhere
+            delay = event.get("reconnect_after_ms")
+            self._next_delay = max(0.0, delay / 1000) if isinstance(delay, int) else 0.0
+            if self._ws is not None:
+                await self._ws.close()
         elif kind == "error":
             code, message = str(event.get("code")), str(event.get("message"))
             if code in _JOIN_REFUSALS and self._pending:  # only a join is refused so

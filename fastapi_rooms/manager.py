@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import random
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, KeysView, Mapping
@@ -28,6 +30,7 @@ from .errors import CloseCode, ConfigurationError, JoinRefused, MessageTooBig
 from .history import History, HistoryPage, Position
 from .namespaces import JoinPolicy, Namespace, NamespaceOptions, Namespaces
 from .outbound import Overflow
+from .protocol import Shutdown, event_json
 from .registry import Registry
 from .streams import Streams
 from .websocket import WebSocket
@@ -990,6 +993,53 @@ class RoomManager:
             self._sockets.discard(ws)
         if self._handlers == 0:
             self._handlers_idle.set()
+
+    @property
+    def draining(self) -> bool:
+        """True once ``drain()`` began: readiness fails and new connections are refused."""
+        return self._draining
+
+    async def drain(self, grace: float = 30.0, spread: float = 5.0) -> int:
+        """Hand this node's clients to other nodes before it stops (a deploy, a scale-down).
+
+        Readiness fails and new handshakes get 503 from now on. Every client of the ready
+        endpoint is sent ``{"type": "shutdown", "reconnect_after_ms": ...}`` with a random
+        delay up to ``spread`` seconds, so they do not all reconnect at once; what is still
+        open after ``grace`` seconds (or once every handler ended) is closed with 1001.
+        Returns how many connections the server closed itself.
+        """
+        if grace < 0 or spread < 0:
+            raise ValueError(f"grace and spread must be >= 0 seconds, got {grace}, {spread}")
+        self._draining = True
+        told = 0
+        for ws in [ws for ws in self._sockets if ws.accepted and not ws.closed]:
+            if ws._speaks_protocol:
+                event = Shutdown(
+                    type="shutdown",
+                    reconnect_after_ms=int(random.uniform(0, spread) * 1000),
+                    code=CloseCode.GOING_AWAY,
+                    reason="server draining",
+                )
+                told += ws.outbound.offer(Frame(event_json(event)).asgi, force=True)
+        _log.warning(
+            "draining: new connections refused; %d client(s) told to reconnect within %.1fs; "
+            "the rest closed in %.1fs",
+            told,
+            spread,
+            grace,
+        )
+        with contextlib.suppress(asyncio.TimeoutError):  # the grace is over: close the rest
+            await asyncio.wait_for(self._handlers_idle.wait(), grace)
+        left = [ws for ws in self._sockets if ws.accepted and not ws.closed]
+        results = await asyncio.gather(
+            *(ws.close(CloseCode.GOING_AWAY, "server draining") for ws in left),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                _log.warning("closing a connection while draining failed: %r", result)
+        _log.warning("drained: %d connection(s) were still open and closed with 1001", len(left))
+        return len(left)
 
     async def stop(self) -> None:
         """Close open connections with 1001; wait for handlers up to ``shutdown_timeout``."""

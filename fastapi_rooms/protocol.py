@@ -41,6 +41,7 @@ __all__ = [
     "PresenceEvent",
     "Publish",
     "ServerEvent",
+    "Shutdown",
     "Since",
     "Welcome",
     "client_event",
@@ -175,6 +176,17 @@ class Pong(_Event):
     type: Literal["pong"]
 
 
+class Shutdown(_Event):
+    """The server is draining: reconnect after ``reconnect_after_ms`` (to another node); the
+    connection is closed with ``code`` and ``reason`` if it is still open when the grace ends
+    (said here too: Granian's RSGI cannot send a close code)."""
+
+    type: Literal["shutdown"]
+    reconnect_after_ms: int = Field(ge=0, description="A random delay: reconnects spread out.")
+    code: int = Field(description="The close code that ends the connection.")
+    reason: str
+
+
 class ErrorDetail(BaseModel):
     """One validation error, as Pydantic reports it (without the input)."""
 
@@ -195,7 +207,7 @@ class ErrorEvent(_Event):
 
 
 ServerEvent = Annotated[
-    Welcome | Joined | Left | MessageEvent | PresenceEvent | Pong | ErrorEvent,
+    Welcome | Joined | Left | MessageEvent | PresenceEvent | Pong | Shutdown | ErrorEvent,
     Field(discriminator="type"),
 ]
 

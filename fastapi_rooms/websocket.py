@@ -96,6 +96,7 @@ class WebSocket(StarletteWebSocket):
 
     user_id: str | None
     """Set by the router's ``authenticate`` hook (absent otherwise)."""
+    _speaks_protocol = False  # set by the ready endpoint: it understands a "shutdown" event
 
     def __init__(
         self,

@@ -24,6 +24,14 @@ export interface ErrorEvent {
   errors?: { loc: (string | number)[]; msg: string; type: string }[];
 }
 
+/** The server drains: the client reconnects after `reconnect_after_ms` by itself. */
+export interface ShutdownEvent {
+  type: "shutdown";
+  reconnect_after_ms: number;
+  code: number;
+  reason: string;
+}
+
 export interface PresenceEntry {
   user_id: string | null;
   meta: unknown;
@@ -44,7 +52,8 @@ export interface RoomsClientOptions {
   onReload?: (room: string) => void;
   /** Error events that answer no join. */
   onError?: (event: ErrorEvent) => void;
-  onStatus?: (status: "connected" | "disconnected") => void;
+  /** "server draining": a shutdown event came; the client reconnects after the server's delay. */
+  onStatus?: (status: "connected" | "disconnected" | "server draining") => void;
   /** Frames that are not the protocol's: what the app broadcast itself (parsed JSON, or text). */
   onOther?: (event: unknown) => void;
   /** The WebSocket class (default: globalThis.WebSocket). */

@@ -41,6 +41,7 @@ async def serve_protocol(
     """Run the ready endpoint's protocol on an accepted-or-not WebSocket until it closes."""
     limits = limits if limits is not None else Limits()
     await websocket.accept()
+    websocket._speaks_protocol = True  # it understands a "shutdown" event (drain)
     connection_id = uuid.uuid4().hex
     manager.add_connection(connection_id, websocket, user_id=getattr(websocket, "user_id", None))
     bucket = limits.rate_limiter()

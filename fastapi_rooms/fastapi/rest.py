@@ -6,7 +6,9 @@ FastAPI way (``dependencies=``), or opens them with ``insecure_rest=True`` (deve
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
@@ -21,6 +23,8 @@ from .dependencies import get_manager
 
 __all__ = ["add_rest_endpoints"]
 
+_log = logging.getLogger("fastapi_rooms")
+
 Manager = Annotated[RoomManager, Depends(get_manager)]
 
 _UNPROTECTED = (
@@ -31,12 +35,35 @@ _UNPROTECTED = (
 )
 
 
+_draining: set[asyncio.Task[int]] = set()  # drains in progress (a reference keeps them)
+
+
+def _drained(task: asyncio.Task[int]) -> None:
+    _draining.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("draining failed: %r", task.exception())
+
+
 def _refuse_unprotected() -> None:
     """Stands in for the authentication the app did not give these endpoints."""
     raise HTTPException(status_code=403, detail=_UNPROTECTED)
 
 
 # Models --------------------------------------------------------------------------------
+
+
+class DrainBody(BaseModel):
+    grace_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="Then what is still open is closed."
+    )
+    spread_seconds: float = Field(
+        default=5.0, ge=0, le=600, description="Clients reconnect after a random delay up to this."
+    )
+
+
+class DrainResult(BaseModel):
+    status: Literal["draining"] = "draining"
+    connections: int = Field(description="Connections open on this node when it began.")
 
 
 class MessageBody(BaseModel):
@@ -258,8 +285,23 @@ def add_rest_endpoints(
         """Connection, room, delivery and backend counters."""
         return manager.stats()
 
+    @router.post("/drain", dependencies=deps, tags=tags, status_code=202)
+    async def drain(manager: Manager, body: DrainBody | None = None) -> DrainResult:
+        """Start draining this node (a Kubernetes ``preStop`` hook calls this before SIGTERM):
+        readiness fails, clients are told to reconnect elsewhere, the rest closed after the
+        grace. Answers at once; calling it again changes nothing."""
+        body = body or DrainBody()
+        open_now = manager.stats()["connections"]
+        if not manager.draining:
+            task = asyncio.get_running_loop().create_task(
+                manager.drain(body.grace_seconds, body.spread_seconds)
+            )
+            _draining.add(task)
+            task.add_done_callback(_drained)
+        return DrainResult(connections=open_now)
+
     ours = {broadcast, broadcast_room, send_to_connection, send_to_user}
-    ours |= {list_rooms, get_room, room_history, stats}
+    ours |= {list_rooms, get_room, room_history, stats, drain}
     return [
         f"{method} {route.path}"
         for route in router.routes

@@ -581,6 +581,10 @@ class RoomsRouter(APIRouter):
         """
         if authenticate is None:
             authenticate = self.authenticate is not None
+        if manager.draining:
+            _log.info("refused a WebSocket to %s: this node is draining", ws.path)
+            await ws.reject(503, "server draining")
+            return
         claimed = await self._admit(ws, authenticate)
         if claimed is None:
             return  # refused: the handshake was answered

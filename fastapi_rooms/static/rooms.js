@@ -45,6 +45,7 @@ export class RoomsClient {
     this._pending = []; // [room, resolve, reject], in the order the joins were sent
     this._queue = [];
     this._attempt = 0;
+    this._nextDelay = null; // set by a "shutdown" event: the server's reconnect delay, ms
     this._opened = 0;
     this._live = false; // welcomed, every room rejoined, the offline queue sent
     this._closing = false;
@@ -196,9 +197,14 @@ export class RoomsClient {
     if (this._closing) return;
     if (this._opened && Date.now() - this._opened > STABLE_MS) this._attempt = 0;
     this._opened = 0;
-    const step = Math.min(this.maxBackoff, this.backoff * 2 ** this._attempt);
-    this._attempt += 1;
-    this._timer = setTimeout(() => this._open(), this._delay(step));
+    let wait = this._nextDelay;
+    this._nextDelay = null;
+    if (wait === null) {
+      const step = Math.min(this.maxBackoff, this.backoff * 2 ** this._attempt);
+      this._attempt += 1;
+      wait = this._delay(step);
+    }
+    this._timer = setTimeout(() => this._open(), wait);
   }
 
   _delay(step) {
@@ -228,6 +234,11 @@ export class RoomsClient {
         }
       }
       if (this._pending.length && this._pending[0][0] === event.room) this._pending.shift()[1](event);
+    } else if (event.type === "shutdown") {
+      // the server drains: come back after its (randomised) delay, to another node
+      this._nextDelay = Math.max(0, Number(event.reconnect_after_ms) || 0);
+      if (this.onStatus) this.onStatus("server draining");
+      if (this._socket) this._socket.close(1000);
     } else if (event.type === "presence" && state) {
       if (event.event === "join") {
         state.presence.set(event.connection_id, { user_id: event.user_id, meta: event.meta });

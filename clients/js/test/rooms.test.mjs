@@ -168,3 +168,31 @@ test("publishing while disconnected queues up to offlineQueue, then throws", asy
     bob.close();
   }
 });
+
+test("a shutdown event: reconnect after the server's delay, not after a backoff", async () => {
+  // ROOMS_DRAIN_URL: a server of its own (draining is for good), REST open (test app)
+  const base = process.env.ROOMS_DRAIN_URL;
+  assert.ok(base, "ROOMS_DRAIN_URL is set by tests/test_js_client.py");
+  const statuses = [];
+  const drained = new RoomsClient(`${base.replace(/^http/, "ws")}/ws`, {
+    pingInterval: 0,
+    backoff: 600000, // a backoff would wait minutes
+    onStatus: (status) => statuses.push(status),
+  });
+  await drained.connect();
+  let reopened = null;
+  const back = new Promise((resolve) => {
+    drained._open = () => resolve((reopened = Date.now())); // record instead of reconnecting
+  });
+  const asked = Date.now();
+  const response = await fetch(`${base}/drain`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ grace_seconds: 30, spread_seconds: 0.3 }),
+  });
+  assert.equal(response.status, 202);
+  await Promise.race([back, new Promise((_, reject) => setTimeout(() => reject(new Error("no reconnect")), WAIT))]);
+  assert.ok(reopened - asked < 3000, `reconnected after ${reopened - asked} ms`);
+  assert.deepEqual(statuses.slice(-2), ["server draining", "disconnected"]);
+  drained.close();
+});
