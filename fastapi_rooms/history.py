@@ -146,3 +146,7 @@ class History:
 
     def __len__(self) -> int:
         return len(self._rooms)
+
+    def kept(self) -> int:
+        """Messages kept across every room."""
+        return sum(len(state.entries) for state in self._rooms.values())

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, KeysView, Mapping
@@ -118,6 +119,10 @@ class RoomManager:
         self._history = History(in_use=registry.rooms.__contains__)
         self._streams = Streams()  # rooms whose history the backend keeps, as seen here
         self._resyncs = 0
+        self._published = 0  # broadcasts, publishes and sends made here
+        self._too_big = 0  # messages from other nodes over this node's size limit
+        self._recoveries: Counter[str] = Counter()  # rejoins with since: recovered or not
+        self._observe_fanout: Callable[[float], None] | None = None  # set by metrics
         self._fanout = 0  # fan-out passes in progress (a close during one is handled after it)
         self._deferred: list[tuple[str, WebSocket]] = []
         self._running_deferred = False
@@ -512,6 +517,8 @@ class RoomManager:
         return encode(self._dumps(message), self.max_message_bytes)
 
     def _deliver(self, members: dict[str, WebSocket], frame: Frame, exclude: Exclude) -> int:
+        observe = self._observe_fanout
+        started = time.perf_counter() if observe is not None else 0.0
         event = frame.asgi
         delivered = 0
         self._fanout += 1
@@ -533,6 +540,8 @@ class RoomManager:
         self._dropped += len(targets) - delivered
         if self._deferred and not self._fanout and not self._running_deferred:
             self._run_deferred()
+        if observe is not None:
+            observe(time.perf_counter() - started)
         return delivered
 
     def _run_deferred(self) -> None:
@@ -562,6 +571,7 @@ class RoomManager:
         return await self._send_frame(room, self.encode(message), exclude)
 
     async def _send_frame(self, room: str, frame: Frame, exclude: Exclude) -> int:
+        self._published += 1
         publish = self._remote("room", room, frame, exclude)
         members = self._rooms.get(room)
         delivered = self._deliver(members, frame, exclude) if members else 0
@@ -619,6 +629,7 @@ class RoomManager:
         if exclude is not None:
             skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         prefix = numbered_prefix(Envelope(self.node_id, "room", room, skip, ""))
+        self._published += 1
         keep = max(ttl or 0.0, self.node_ttl)
         item = Append(room, prefix, head, tail, size, ttl or 0.0, keep)
         # Every node, this one too, hands it on once the backend has numbered it.
@@ -670,7 +681,10 @@ class RoomManager:
         if not size or backplane is None:
             await self.join(connection_id, room, meta=meta)
             # no await since the join: the position read now is the one live messages follow
-            return self.catch_up(room, None if member else since)
+            caught = self.catch_up(room, None if member else since)
+            if since is not None and caught is not None:
+                self._recoveries["recovered" if caught[2] else "not_recovered"] += 1
+            return caught
         keep = max(ttl or 0.0, self.node_ttl)
         if member:  # it gets every message already: where it stands, nothing to replay
             await self.join(connection_id, room, meta=meta)
@@ -722,6 +736,8 @@ class RoomManager:
         if stale:
             self._resync(room, {connection_id}, "the room's history was lost")
         recovered = since is not None and page.complete
+        if since is not None:
+            self._recoveries["recovered" if recovered else "not_recovered"] += 1
         frames = (
             [*page.frames, *(frame.data for frame in live)]
             if recovered
@@ -769,6 +785,7 @@ class RoomManager:
         With a backend, every other node delivers it to its own connections too.
         """
         frame = self.encode(message)
+        self._published += 1
         publish = self._remote("all", "", frame, exclude)
         delivered = self._deliver(self._connections, frame, exclude)
         if publish is not None:
@@ -880,6 +897,12 @@ class RoomManager:
                 )
                 self._resync(room, self._streams.holding(room), why)
 
+    def _history_sizes(self) -> tuple[int, int]:
+        """Rooms whose history is known here, and messages this process keeps for them."""
+        if self.backplane is not None:
+            return len(self._streams), 0  # the backend keeps the messages
+        return len(self._history), self._history.kept()
+
     def _history_rooms(self) -> dict[str, tuple[float, int]]:
         """Rooms with history and members here: how long the backend keeps each, and the
         latest offset delivered here."""
@@ -901,6 +924,7 @@ class RoomManager:
                 self.max_message_bytes,
             )
             self._dropped += 1
+            self._too_big += 1
             if envelope.offset and envelope.target in self._rooms:  # still counts as seen
                 self._deliver_numbered(envelope, None)
             return

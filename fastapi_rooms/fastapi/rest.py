@@ -21,7 +21,7 @@ from ..errors import MessageTooBig
 from ..manager import RoomManager
 from .dependencies import get_manager
 
-__all__ = ["add_rest_endpoints"]
+__all__ = ["add_rest_endpoints", "rest_guard"]
 
 _log = logging.getLogger("fastapi_rooms")
 
@@ -148,6 +148,15 @@ class UserSendResult(BaseModel):
 # Endpoints ----------------------------------------------------------------------------------------
 
 
+def rest_guard(
+    router: APIRouter, insecure: bool, dependencies: list[params.Depends]
+) -> list[params.Depends]:
+    """The dependencies of a route that publishes or reveals state: the app's own, or a
+    refusal of every call when the app gave none (unless ``insecure``)."""
+    protected = insecure or bool(dependencies) or bool(router.dependencies)
+    return [*dependencies] if protected else [Depends(_refuse_unprotected)]
+
+
 def add_rest_endpoints(
     router: APIRouter, *, insecure: bool, dependencies: list[params.Depends]
 ) -> list[str]:
@@ -156,8 +165,7 @@ def add_rest_endpoints(
     They refuse every call (403) unless a dependency protects them (``dependencies`` or the
     router's own), or ``insecure`` (development).
     """
-    protected = insecure or bool(dependencies) or bool(router.dependencies)
-    deps = [*dependencies] if protected else [Depends(_refuse_unprotected)]
+    deps = rest_guard(router, insecure, dependencies)
     tags: list[Any] = list(router.tags) or ["rooms"]
 
     @contextmanager

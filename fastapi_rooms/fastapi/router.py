@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +32,7 @@ from .asyncapi import HandlerDoc, get_asyncapi, get_asyncapi_html
 from .dependencies import _NOT_STARTED, STATE_KEY, get_manager, manager_for
 from .health import add_health_endpoints
 from .ready import serve_protocol
-from .rest import add_rest_endpoints
+from .rest import add_rest_endpoints, rest_guard
 
 __all__ = ["RoomsRouter", "create_rooms_router"]
 
@@ -278,6 +279,8 @@ class RoomsRouter(APIRouter):
         client_js_url: str | None = "/client.js",
         liveness_url: str | None = "/livez",
         readiness_url: str | None = "/readyz",
+        metrics_url: str | None = None,
+        metrics_registry: Any = None,
         **kwargs: Any,
     ) -> None:
         user_lifespan = kwargs.pop("lifespan", None)
@@ -290,6 +293,10 @@ class RoomsRouter(APIRouter):
         self.insecure_rest = insecure_rest
         self._open = 0
         self._open_by_ip: dict[str, int] = {}
+        self.accepted = 0
+        """Handshakes admitted (origin, limits and authentication passed)."""
+        self.refused: Counter[str] = Counter()
+        """Handshakes refused, by reason: origin, capacity, per_ip, authentication, draining."""
         lifespan = _lifespan(self)
         if user_lifespan is not None:
             from fastapi.routing import _merge_lifespan_context
@@ -317,6 +324,12 @@ class RoomsRouter(APIRouter):
         if ready_endpoint is not None:
             self._add_ready_endpoint(ready_endpoint, authenticate=authenticate is not None)
         add_health_endpoints(self, self.manager, liveness_url, readiness_url)
+        if metrics_url is not None or metrics_registry is not None:
+            self._add_metrics(
+                metrics_url,
+                metrics_registry,
+                rest_guard(self, insecure_rest, list(rest_dependencies or [])),
+            )
         if client_js_url is not None:
             self.add_api_route(
                 client_js_url,
@@ -341,6 +354,32 @@ class RoomsRouter(APIRouter):
                     include_in_schema=False,
                     name="fastapi_rooms_asyncapi_page",
                 )
+
+    def _add_metrics(
+        self, url: str | None, registry: Any, guard: list[params.Depends]
+    ) -> None:
+        """Register the manager's Prometheus metrics; serve them at ``url`` (if given), as
+        protected as the REST endpoints (they reveal state)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        from ..metrics import register_metrics
+
+        registry = REGISTRY if registry is None else registry
+        register_metrics(self.manager, registry, self)
+        if url is None:
+            return  # the app serves the registry itself
+
+        async def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+        self.add_api_route(
+            url,
+            metrics,
+            methods=["GET"],
+            dependencies=guard,
+            include_in_schema=False,
+            name="fastapi_rooms_metrics",
+        )
 
     @property
     def ready_path(self) -> str | None:
@@ -582,12 +621,14 @@ class RoomsRouter(APIRouter):
         if authenticate is None:
             authenticate = self.authenticate is not None
         if manager.draining:
+            self.refused["draining"] += 1
             _log.info("refused a WebSocket to %s: this node is draining", ws.path)
             await ws.reject(503, "server draining")
             return
         claimed = await self._admit(ws, authenticate)
         if claimed is None:
             return  # refused: the handshake was answered
+        self.accepted += 1
         manager._track(ws)
         try:
             await handler(ws, **kwargs)
@@ -611,17 +652,20 @@ class RoomsRouter(APIRouter):
         """Origin, connection limits, then authentication: the client address whose slot was
         claimed, or None after refusing the handshake."""
         if not origin_allowed(ws, self.allowed_origins):
+            self.refused["origin"] += 1
             _log.warning("refused a WebSocket from origin %r", _header(ws, b"origin"))
             await ws.reject(403, "origin not allowed")
             return None
         limits = self.limits
         ip = client_ip(ws, limits.trusted_proxies)
         if limits.max_connections is not None and self._open >= limits.max_connections:
+            self.refused["capacity"] += 1
             _log.warning("refused a WebSocket from %s: %d connections open", ip, self._open)
             await ws.reject(503, "too many connections")
             return None
         per_ip = self._open_by_ip.get(ip, 0)
         if limits.max_connections_per_ip is not None and per_ip >= limits.max_connections_per_ip:
+            self.refused["per_ip"] += 1
             _log.warning("refused a WebSocket from %s: %d connections from there", ip, per_ip)
             await ws.reject(429, "too many connections from this address")
             return None
@@ -635,6 +679,7 @@ class RoomsRouter(APIRouter):
                 self._release(ip)
                 raise
             if user_id is None:
+                self.refused["authentication"] += 1
                 self._release(ip)
                 await ws.reject(403, "authentication required")
                 return None
@@ -702,6 +747,8 @@ def create_rooms_router(
     client_js_url: str | None = "/client.js",
     liveness_url: str | None = "/livez",
     readiness_url: str | None = "/readyz",
+    metrics_url: str | None = None,
+    metrics_registry: Any = None,
     **apirouter_kwargs: Any,
 ) -> RoomsRouter:
     """A RoomsRouter with ``manager`` (a new in-process one by default).
@@ -713,7 +760,9 @@ def create_rooms_router(
     ``authenticate``, ``allowed_origins`` and ``limits``: see the Security docs.
     ``asyncapi_url``/``asyncapi_docs_url`` serve the AsyncAPI document and its page,
     ``client_js_url`` the JavaScript client, ``liveness_url``/``readiness_url`` the health
-    probes (None turns any of them off).
+    probes (None turns any of them off). ``metrics_url`` serves Prometheus metrics (the
+    ``metrics`` extra), as protected as the REST endpoints; ``metrics_registry`` alone
+    registers them on that registry for the app to serve.
     """
     return RoomsRouter(
         manager,
@@ -732,5 +781,7 @@ def create_rooms_router(
         client_js_url=client_js_url,
         liveness_url=liveness_url,
         readiness_url=readiness_url,
+        metrics_url=metrics_url,
+        metrics_registry=metrics_registry,
         **apirouter_kwargs,
     )
