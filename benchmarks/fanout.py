@@ -78,6 +78,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "rooms-publish": ("uvicorn", "rooms_publish_app"),
     "rooms-model": ("uvicorn", "rooms_model_app"),
     "rooms-history": ("uvicorn", "rooms_history_app"),
+    "rooms-metrics": ("uvicorn", "rooms_metrics_app"),
     "rooms-granian-rsgi-default-gc": ("granian-rsgi", "rooms_rsgi_default_gc_app"),
     "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
     # manager.publish over Redis, without and with history kept in Redis (offsets by script).
@@ -94,6 +95,7 @@ REQUIRES: dict[str, tuple[str, str, str]] = {
     "rooms-granian-rsgi": ("granian", "granian", "granian"),
     "rooms-granian-asgi": ("granian", "granian", "granian"),
     "rooms-granian-rsgi-default-gc": ("granian", "granian", "granian"),
+    "rooms-metrics": ("prometheus_client", "prometheus-client", "metrics"),
     "rooms-redis-2w": ("redis", "redis", "redis"),
     "rooms-redis-publish-2w": ("redis", "redis", "redis"),
     "rooms-redis-history-2w": ("redis", "redis", "redis"),
@@ -124,6 +126,8 @@ DESCRIPTIONS = {
     "validated by a Pydantic model (one str field) and dumped before the fan-out",
     "rooms-history": "rooms-publish in a room keeping its last 1000 messages "
     "(`namespace(room, history_size=1000)`): each event numbered and kept, in one process",
+    "rooms-metrics": "rooms with Prometheus metrics on (`create_rooms_router(metrics_url=...)`): "
+    "the fan-out time histogram observed per broadcast",
     "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)` "
     "under `granian --interface rsgi` (the settings docs/granian.md recommends): native "
     "`transport.send_str` per member (RSGIOutbound)",
@@ -184,6 +188,7 @@ TARGETS = [
     Target("rooms-granian-rsgi", "rooms", 1.2, issue="RSGI"),  # RSGI over rooms on uvicorn
     Target("rooms-redis-2w", "rooms", 0.7, issue="Redis"),  # two processes against one
     Target("rooms-redis-history-2w", "rooms-redis-publish-2w", 0.6, issue="History"),
+    Target("rooms-metrics", "rooms", 0.95, issue="Metrics"),
 ]
 JOINED_BYTES = JOINED.encode()
 DEFAULT_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -138,7 +138,10 @@ class Line(BaseModel):
 
 
 def _rooms(
-    backend: str | None = None, prefix: str = "fastapi_rooms", publish: str | None = None
+    backend: str | None = None,
+    prefix: str = "fastapi_rooms",
+    publish: str | None = None,
+    metrics: bool = False,
 ) -> FastAPI:
     """``publish``: None broadcasts the payload as it is; "event" sends it as the ready
     protocol's ``message`` event (``manager.publish``), "model" the same with a namespace
@@ -150,7 +153,13 @@ def _rooms(
         manager.namespace(ROOM, message=Line)
     elif publish == "history":
         manager.namespace(ROOM, history_size=1000, history_ttl=None if backend is None else 600)
-    router = create_rooms_router(manager, insecure_rest=True)  # benchmark: GET /stats read openly
+    extra: dict[str, Any] = {}
+    if metrics:
+        from prometheus_client import CollectorRegistry
+
+        extra = {"metrics_url": "/metrics", "metrics_registry": CollectorRegistry()}
+    # benchmark: GET /stats read openly
+    router = create_rooms_router(manager, insecure_rest=True, **extra)
 
     @router.websocket("/members/{cid}")
     async def member(websocket: Any, cid: str) -> None:
@@ -195,6 +204,7 @@ rooms_app = _rooms()
 rooms_publish_app = _rooms(publish="event")
 rooms_model_app = _rooms(publish="model")
 rooms_history_app = _rooms(publish="history")
+rooms_metrics_app = _rooms(metrics=True)
 # The documented production settings for RSGI (fewer and shorter full GCs, see docs/granian.md);
 # they are process-wide, and each server is its own process.
 rooms_rsgi_app = RSGIApp(rooms_app, freeze_gc=True, gc_threshold=50_000)
