@@ -28,6 +28,7 @@ from ..manager import RoomManager
 from ..namespaces import Namespace, NamespaceOptions
 from ..policy import Limits, _header, client_ip, origin_allowed, user_id_of
 from ..websocket import RSGI_EXTENSION, WebSocket
+from .admin import add_admin_page
 from .asyncapi import HandlerDoc, get_asyncapi, get_asyncapi_html
 from .dependencies import _NOT_STARTED, STATE_KEY, get_manager, manager_for
 from .health import add_health_endpoints
@@ -281,6 +282,7 @@ class RoomsRouter(APIRouter):
         readiness_url: str | None = "/readyz",
         metrics_url: str | None = None,
         metrics_registry: Any = None,
+        admin_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         user_lifespan = kwargs.pop("lifespan", None)
@@ -324,6 +326,13 @@ class RoomsRouter(APIRouter):
         if ready_endpoint is not None:
             self._add_ready_endpoint(ready_endpoint, authenticate=authenticate is not None)
         add_health_endpoints(self, self.manager, liveness_url, readiness_url)
+        if admin_url is not None:
+            add_admin_page(
+                self,
+                self.manager,
+                admin_url,
+                rest_guard(self, insecure_rest, list(rest_dependencies or [])),
+            )
         if metrics_url is not None or metrics_registry is not None:
             self._add_metrics(
                 metrics_url,
@@ -749,6 +758,7 @@ def create_rooms_router(
     readiness_url: str | None = "/readyz",
     metrics_url: str | None = None,
     metrics_registry: Any = None,
+    admin_url: str | None = None,
     **apirouter_kwargs: Any,
 ) -> RoomsRouter:
     """A RoomsRouter with ``manager`` (a new in-process one by default).
@@ -762,7 +772,8 @@ def create_rooms_router(
     ``client_js_url`` the JavaScript client, ``liveness_url``/``readiness_url`` the health
     probes (None turns any of them off). ``metrics_url`` serves Prometheus metrics (the
     ``metrics`` extra), as protected as the REST endpoints; ``metrics_registry`` alone
-    registers them on that registry for the app to serve.
+    registers them on that registry for the app to serve. ``admin_url`` serves a live admin
+    page there, as protected as the REST endpoints.
     """
     return RoomsRouter(
         manager,
@@ -783,5 +794,6 @@ def create_rooms_router(
         readiness_url=readiness_url,
         metrics_url=metrics_url,
         metrics_registry=metrics_registry,
+        admin_url=admin_url,
         **apirouter_kwargs,
     )
