@@ -29,6 +29,7 @@ from .connection import Connection
 from .encoding import Frame, default_max_message_bytes, encode, json_dumps, oversize, room_name
 from .errors import CloseCode, ConfigurationError, JoinRefused, MessageTooBig
 from .history import History, HistoryPage, Position
+from .logs import NodeLogger
 from .namespaces import JoinPolicy, Namespace, NamespaceOptions, Namespaces
 from .outbound import Overflow
 from .protocol import Shutdown, event_json
@@ -146,6 +147,7 @@ class RoomManager:
         """room -> set-like view of connection ids, read-only."""
         self.node_id = node_id or uuid.uuid4().hex[:12]
         """This process's id among the nodes sharing the backend."""
+        self._log = NodeLogger(_log, self.node_id)
         self.backplane: Backplane | None = (
             None
             if backend is None
@@ -280,7 +282,11 @@ class RoomManager:
         self._closes[ws.close_code or CloseCode.ABNORMAL] += 1
         self._discarded += ws.outbound.discarded
         if ws.close_code == CloseCode.TRY_AGAIN_LATER:
-            _log.warning("connection %s closed: its outbound buffer overflowed", connection_id)
+            self._log.warning(
+                "connection %s closed: its outbound buffer overflowed",
+                connection_id,
+                extra={"connection_id": connection_id},
+            )
         if self._connections.get(connection_id) is ws:
             self.remove_connection(connection_id)
 
@@ -383,7 +389,9 @@ class RoomManager:
                 backplane.publish_timeout if timeout is None else timeout,
             )
         except asyncio.TimeoutError:
-            _log.warning("room %r not yet subscribed on the backend", room)
+            self._log.warning(
+                "room %r not yet subscribed on the backend", room, extra={"room": room}
+            )
 
     def _check_join(self, connection_id: str, room: str, joined: int) -> Namespace:
         """The room's namespace, once it lets the connection in (JoinRefused otherwise)."""
@@ -421,7 +429,7 @@ class RoomManager:
                 frame = self._presence_frame(room, "leave", connection_id, meta)
             except (ValueError, TypeError) as exc:  # a meta that fit the join by a byte or two
                 self._dropped += 1
-                _log.error(
+                self._log.error(
                     "presence leave event for %s in %r not sent: %s", connection_id, room, exc
                 )
             else:
@@ -487,7 +495,7 @@ class RoomManager:
                         raise ValueError(f"expected an object, got {type(info).__name__}")
                 except ValueError as exc:
                     self.backplane.malformed += 1
-                    _log.warning("ignored a malformed presence entry for %s: %s", cid, exc)
+                    self._log.warning("ignored a malformed presence entry for %s: %s", cid, exc)
                     continue
                 info["connection_id"] = cid
                 entries[cid] = info
@@ -554,7 +562,7 @@ class RoomManager:
                 try:
                     self._forget_closed(connection_id, ws)
                 except Exception:
-                    _log.exception("removing closed connection %s failed", connection_id)
+                    self._log.exception("removing closed connection %s failed", connection_id)
         finally:
             self._running_deferred = False
 
@@ -858,24 +866,26 @@ class RoomManager:
         closing = [cid for cid in (members or ()) if cid not in spared]
         if not closing:
             return
-        _log.warning(
+        self._log.warning(
             "room %r: %s; closing %d member(s) here with %d so they recover",
             room,
             why,
             len(closing),
             CloseCode.RESYNC,
+            extra={"room": room},
         )
         for cid in closing:
             self._resync_one(room, cid, why)
 
     def _unavailable(self, room: str, connection_id: str, exc: Exception) -> None:
         """A join whose history read failed: the connection retries later (4000)."""
-        _log.error(
+        self._log.error(
             "room %r: reading its history for %s failed (%r); closing it with %d",
             room,
             connection_id,
             exc,
             CloseCode.RESYNC,
+            extra={"room": room, "connection_id": connection_id},
         )
         self._resync_one(room, connection_id, "room history unavailable")
 
@@ -917,7 +927,7 @@ class RoomManager:
         """An envelope from another node: deliver to the local connections it names."""
         size = oversize(envelope.data, self.max_message_bytes)
         if size:
-            _log.warning(
+            self._log.warning(
                 "dropped a %d-byte message from node %s: over the %d-byte limit",
                 size,
                 envelope.origin,
@@ -983,7 +993,7 @@ class RoomManager:
         try:
             await asyncio.wait_for(backplane.ready.wait(), self.startup_timeout)
         except asyncio.TimeoutError:
-            _log.error(
+            self._log.error(
                 "backend %r not connected %.1fs after start-up (%s); messages to other nodes "
                 "are dropped until it is",
                 backplane.backend,
@@ -1045,7 +1055,7 @@ class RoomManager:
                     reason="server draining",
                 )
                 told += ws.outbound.offer(Frame(event_json(event)).asgi, force=True)
-        _log.warning(
+        self._log.warning(
             "draining: new connections refused; %d client(s) told to reconnect within %.1fs; "
             "the rest closed in %.1fs",
             told,
@@ -1061,8 +1071,10 @@ class RoomManager:
         )
         for result in results:
             if isinstance(result, BaseException):
-                _log.warning("closing a connection while draining failed: %r", result)
-        _log.warning("drained: %d connection(s) were still open and closed with 1001", len(left))
+                self._log.warning("closing a connection while draining failed: %r", result)
+        self._log.warning(
+            "drained: %d connection(s) were still open and closed with 1001", len(left)
+        )
         return len(left)
 
     async def stop(self) -> None:
@@ -1070,7 +1082,9 @@ class RoomManager:
         self._started = False
         sockets = [ws for ws in self._sockets if not ws.closed]
         if sockets:
-            _log.info("shutting down: closing %d WebSocket connection(s) with 1001", len(sockets))
+            self._log.info(
+                "shutting down: closing %d WebSocket connection(s) with 1001", len(sockets)
+            )
             results = await asyncio.gather(
                 *(
                     ws.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -1081,11 +1095,11 @@ class RoomManager:
             )
             for result in results:
                 if isinstance(result, BaseException):
-                    _log.warning("closing a connection at shutdown failed: %r", result)
+                    self._log.warning("closing a connection at shutdown failed: %r", result)
         try:
             await asyncio.wait_for(self._handlers_idle.wait(), self.shutdown_timeout)
         except asyncio.TimeoutError:
-            _log.warning(
+            self._log.warning(
                 "%d WebSocket handler(s) still running %.1fs after shutdown began",
                 self._handlers,
                 self.shutdown_timeout,
@@ -1096,7 +1110,7 @@ class RoomManager:
             await self.backplane.stop()
         discarded = sum(ws.outbound.discarded for ws in self._sockets)
         if discarded:
-            _log.warning("shutdown: %d buffered message(s) were never delivered", discarded)
+            self._log.warning("shutdown: %d buffered message(s) were never delivered", discarded)
 
     def stats(self) -> dict[str, Any]:
         """Counters for monitoring (served by ``GET /stats``)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..backends.base import Append, Backend, RoomHistory
 from ..history import HistoryPage, Position
+from ..logs import NodeLogger
 from .envelope import Envelope, decode, encode
 
 __all__ = ["Backplane", "Envelope", "decode", "encode"]
@@ -60,6 +61,7 @@ class Backplane:
     ) -> None:
         self.backend = backend
         self.node = node
+        self._log = NodeLogger(_log, node)
         self.prefix = prefix
         self._deliver = deliver
         self._positioned = positioned  # told where the rooms with history here stand
@@ -165,7 +167,7 @@ class Backplane:
             return await asyncio.wait_for(self.backend.presence_get(room), self.publish_timeout)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            _log.error("reading presence of room %r failed: %s", room, self.last_error)
+            self._log.error("reading presence of room %r failed: %s", room, self.last_error)
             return {}
 
     def _kick(self) -> None:
@@ -217,17 +219,17 @@ class Backplane:
                 await asyncio.wait(pending, timeout=self.publish_timeout)
             for task in self._tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    _log.error("backplane task failed while stopping: %r", task.exception())
+                    self._log.error("backplane task failed while stopping: %r", task.exception())
         self._tasks = []
         if self.connected and (self._local_ids or self._presence):
             try:
                 await asyncio.wait_for(self._clear(), self.publish_timeout)
             except Exception as exc:
-                _log.warning("could not clear directory and presence at shutdown: %r", exc)
+                self._log.warning("could not clear directory and presence at shutdown: %r", exc)
         try:
             await asyncio.wait_for(self.backend.disconnect(), self.publish_timeout)
         except Exception as exc:
-            _log.warning("backend disconnect failed: %r", exc)
+            self._log.warning("backend disconnect failed: %r", exc)
         self._drop_pending("the backplane stopped")
         self.connected = False
         self.ready.clear()
@@ -256,7 +258,7 @@ class Backplane:
                 self.down.clear()
                 await self._check_positions()  # history may have moved on, or be gone
                 if down_since is not None:
-                    _log.warning(
+                    self._log.warning(
                         "backend %r reconnected after %.1fs; %d channel(s) resubscribed",
                         self.backend,
                         time.monotonic() - down_since,
@@ -274,14 +276,14 @@ class Backplane:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if down_since is None:
                     down_since = time.monotonic()
-                    _log.error("backend %r connection lost: %s", self.backend, self.last_error)
+                    self._log.error("backend %r connection lost: %s", self.backend, self.last_error)
                 else:
-                    _log.info("backend %r still down: %s", self.backend, self.last_error)
+                    self._log.info("backend %r still down: %s", self.backend, self.last_error)
                 self.reconnects += 1
                 try:
                     await self.backend.disconnect()
                 except Exception as disconnect_exc:
-                    _log.debug("disconnect after failure: %r", disconnect_exc)
+                    self._log.debug("disconnect after failure: %r", disconnect_exc)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay * (0.5 + random.random()))
                 delay = min(delay * 2, self._backoff[1])
@@ -304,7 +306,7 @@ class Backplane:
                 silent = now - self._heard
                 if silent > self.deaf_after:
                     self.deaf_events += 1
-                    _log.error(
+                    self._log.error(
                         "backend %r: deaf: nothing arrived on the subscription for %.1fs, not "
                         "even this node's own probes (deaf_after=%.1fs); reconnecting",
                         self.backend,
@@ -404,7 +406,7 @@ class Backplane:
                 )
             except ValueError as exc:
                 self.presence_errors += 1
-                _log.error("presence entries not written: %s", exc)
+                self._log.error("presence entries not written: %s", exc)
             except BaseException:
                 for key, info in chunk.items():  # still local members: write them after reconnect
                     if key in self._presence:
@@ -417,7 +419,7 @@ class Backplane:
                 await self.backend.presence_remove(gone)
             except ValueError as exc:
                 self.presence_errors += 1
-                _log.error("presence entries not removed: %s", exc)
+                self._log.error("presence entries not removed: %s", exc)
             except BaseException:
                 self._presence_del.update(key for key in gone if key not in self._presence)
                 raise
@@ -445,7 +447,9 @@ class Backplane:
                 envelope = decode(payload)
             except ValueError as exc:
                 self.malformed += 1
-                _log.warning("dropped a malformed envelope (%d so far): %s", self.malformed, exc)
+                self._log.warning(
+                    "dropped a malformed envelope (%d so far): %s", self.malformed, exc
+                )
                 continue
             if envelope.origin == self.node and not envelope.offset:
                 continue  # local members got it when it was published (numbered: not yet)
@@ -453,7 +457,7 @@ class Backplane:
                 self._deliver(envelope)
             except Exception:
                 self.deliver_errors += 1
-                _log.exception("delivering an envelope from node %s failed", envelope.origin)
+                self._log.exception("delivering an envelope from node %s failed", envelope.origin)
 
     # Publishing ----------------------------------------------------------------------------
 
@@ -492,7 +496,9 @@ class Backplane:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.publish_timeout)
         except asyncio.TimeoutError:
-            _log.error("publish to %s not confirmed within %.1fs", channel, self.publish_timeout)
+            self._log.error(
+                "publish to %s not confirmed within %.1fs", channel, self.publish_timeout
+            )
             return 0
 
     def _enqueue(
@@ -510,7 +516,7 @@ class Backplane:
         )
         if not self.connected:
             self.publish_dropped += 1
-            _log.warning(
+            self._log.warning(
                 "backend down (%s): %s message for %s not sent to other nodes (%d so far)",
                 self.last_error,
                 kind,
@@ -520,7 +526,7 @@ class Backplane:
             return False
         if len(self._pending) >= self.max_pending:
             self.publish_dropped += 1
-            _log.error(
+            self._log.error(
                 "%d envelopes waiting for the backend: %s message for %s dropped",
                 len(self._pending),
                 kind,
@@ -569,7 +575,9 @@ class Backplane:
                     self.publish_errors += 1
                     self.publish_dropped += len(batch)
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                    _log.error("publishing %d envelope(s) failed: %s", len(batch), self.last_error)
+                    self._log.error(
+                        "publishing %d envelope(s) failed: %s", len(batch), self.last_error
+                    )
                     for _, _, future in batch:
                         if future is not None and not future.done():
                             future.set_result(0)
@@ -581,7 +589,7 @@ class Backplane:
                         self.publish_errors += 1
                         self.publish_dropped += 1
                         self.last_error = f"{type(count).__name__}: {count}"
-                        _log.error("the backend refused a message for %s: %s", channel, count)
+                        self._log.error("the backend refused a message for %s: %s", channel, count)
                         count = 0
                     elif payload is not self._probe:  # probes are not messages
                         self.messages_out += 1
@@ -593,7 +601,7 @@ class Backplane:
         if not self._pending:
             return
         self.publish_dropped += len(self._pending)
-        _log.error("%s: %d queued envelope(s) dropped", why, len(self._pending))
+        self._log.error("%s: %d queued envelope(s) dropped", why, len(self._pending))
         for _, _, future in self._pending:
             if future is not None and not future.done():
                 future.set_result(0)
@@ -637,7 +645,7 @@ class Backplane:
         except Exception as exc:
             self.publish_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
-            _log.error("locating connection %s failed: %s", connection_id, self.last_error)
+            self._log.error("locating connection %s failed: %s", connection_id, self.last_error)
             return None
 
     def stats(self) -> dict[str, Any]:
