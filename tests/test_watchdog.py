@@ -130,7 +130,9 @@ async def noticed(server: Server, before: dict[str, Any], t0: float) -> float:
         return backend["reconnects"] > before["reconnects"] or not backend["connected"]
 
     await until(probe, timeout=BOUND + 2 * SLACK, what="the node noticed")
-    return time.monotonic() - t0
+    elapsed = time.monotonic() - t0
+    print(f"noticed after {elapsed:.2f}s")  # shown with -s: the numbers docs/operations.md quotes
+    return elapsed
 
 
 async def delivered_again(server: Server) -> None:

@@ -529,7 +529,7 @@ class RoomsRouter(APIRouter):
         if not ready and full_path == self._ready_path and self._ready_route is not None:
             self._remove_ready()
             self._ready_moved_for = _describe(handler)
-            _log.info(
+            self.manager._log.info(
                 "ready endpoint not mounted: %s is served by %s", full_path, self._ready_moved_for
             )
         route = APIWebSocketRoute(
@@ -591,23 +591,23 @@ class RoomsRouter(APIRouter):
     def _log_open_endpoints(self) -> None:
         """One start-up line per thing left open on purpose, and what the router decided."""
         if self._open_rest:
-            _log.warning(
+            self.manager._log.warning(
                 "rooms REST endpoints open to anonymous callers (insecure_rest=True): %s",
                 ", ".join(self._open_rest),
             )
         if self._ready_route is not None and self.authenticate is None:
-            _log.info(
+            self.manager._log.info(
                 "ready endpoint %s accepts anonymous WebSocket connections (no authenticate)",
                 self._ready_path,
             )
         if self._ready_moved_for is not None:
-            _log.info(
+            self.manager._log.info(
                 "ready endpoint not mounted: %s is served by %s",
                 self._ready_path,
                 self._ready_moved_for,
             )
         if self.close_unmatched:
-            _log.info(
+            self.manager._log.info(
                 "WebSockets to unmatched paths are closed with 1001 "
                 "(create_rooms_router(close_unmatched=False) leaves them to the app)"
             )
@@ -631,7 +631,7 @@ class RoomsRouter(APIRouter):
             authenticate = self.authenticate is not None
         if manager.draining:
             self.refused["draining"] += 1
-            _log.info("refused a WebSocket to %s: this node is draining", ws.path)
+            self.manager._log.info("refused a WebSocket to %s: this node is draining", ws.path)
             await ws.reject(503, "server draining")
             return
         claimed = await self._admit(ws, authenticate)
@@ -647,7 +647,9 @@ class RoomsRouter(APIRouter):
             if ws.closed and isinstance(exc, ConnectionClosed):
                 _log.debug("handler for %s ended on a closed connection", ws.path)
             else:
-                _log.exception("WebSocket handler for %s raised; closing with 1011", ws.path)
+                self.manager._log.exception(
+                    "WebSocket handler for %s raised; closing with 1011", ws.path
+                )
                 if not ws.closed:
                     await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         else:
@@ -662,20 +664,24 @@ class RoomsRouter(APIRouter):
         claimed, or None after refusing the handshake."""
         if not origin_allowed(ws, self.allowed_origins):
             self.refused["origin"] += 1
-            _log.warning("refused a WebSocket from origin %r", _header(ws, b"origin"))
+            self.manager._log.warning("refused a WebSocket from origin %r", _header(ws, b"origin"))
             await ws.reject(403, "origin not allowed")
             return None
         limits = self.limits
         ip = client_ip(ws, limits.trusted_proxies)
         if limits.max_connections is not None and self._open >= limits.max_connections:
             self.refused["capacity"] += 1
-            _log.warning("refused a WebSocket from %s: %d connections open", ip, self._open)
+            self.manager._log.warning(
+                "refused a WebSocket from %s: %d connections open", ip, self._open
+            )
             await ws.reject(503, "too many connections")
             return None
         per_ip = self._open_by_ip.get(ip, 0)
         if limits.max_connections_per_ip is not None and per_ip >= limits.max_connections_per_ip:
             self.refused["per_ip"] += 1
-            _log.warning("refused a WebSocket from %s: %d connections from there", ip, per_ip)
+            self.manager._log.warning(
+                "refused a WebSocket from %s: %d connections from there", ip, per_ip
+            )
             await ws.reject(429, "too many connections from this address")
             return None
         # Claim the slots now: the hook below may await, and other handshakes run meanwhile.
@@ -714,7 +720,7 @@ class RoomsRouter(APIRouter):
                 return None
             user_id = user_id_of(user)
         except Exception:
-            _log.exception("the authenticate hook failed; refusing the handshake")
+            self.manager._log.exception("the authenticate hook failed; refusing the handshake")
             return None
         ws.user = user
         ws.user_id = user_id
