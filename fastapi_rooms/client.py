@@ -109,6 +109,7 @@ class RoomsClient:
 
     async def start(self) -> None:
         """Connect (waiting up to ``open_timeout`` for the first connection)."""
+        self._next_delay = None
         self._task = asyncio.create_task(self._run(), name="fastapi_rooms.client")
         try:
             await asyncio.wait_for(self._live.wait(), self.open_timeout)
@@ -118,6 +119,7 @@ class RoomsClient:
 
     async def close(self) -> None:
         self._closing = True
+        self._next_delay = None
         if self._ws is not None:
             await self._ws.close()
         if self._task is not None:
@@ -325,7 +327,10 @@ class RoomsClient:
                 state.presence.pop(cid, None)
         elif kind == "shutdown":  # the server drains: come back after its delay, elsewhere
             delay = event.get("reconnect_after_ms")
-            self._next_delay = max(0.0, delay / 1000) if isinstance(delay, int) else 0.0
+            if isinstance(delay, (int, float)) and not isinstance(delay, bool):
+                self._next_delay = max(0.0, delay / 1000)
+            else:
+                self._next_delay = 0.0
             if self._ws is not None:
                 await self._ws.close()
         elif kind == "error":

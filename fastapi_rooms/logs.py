@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["NodeLogger"]
 
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:  # subscriptable at run time only from Python 3.11
+    _Adapter = logging.LoggerAdapter
 
-class NodeLogger(logging.LoggerAdapter[logging.Logger]):
+
+class NodeLogger(_Adapter):
     """A logger whose records carry the node id, merged with each call's own ``extra``."""
 
     def __init__(self, logger: logging.Logger, node: str) -> None:

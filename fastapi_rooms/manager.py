@@ -113,6 +113,7 @@ class RoomManager:
         self._handlers_idle.set()
         self._started = False
         self._draining = False
+        self._drain_task: asyncio.Task[int] | None = None
         self._delivered = 0
         self._dropped = 0
         self._discarded = 0
@@ -1033,18 +1034,30 @@ class RoomManager:
         """True once ``drain()`` began: readiness fails and new connections are refused."""
         return self._draining
 
+    def start_drain(self, grace: float = 30.0, spread: float = 5.0) -> asyncio.Task[int]:
+        """Begin draining now (see ``drain``): readiness and new handshakes refuse at once,
+        the rest runs in a task. Called again, it returns the drain already under way."""
+        if grace < 0 or spread < 0:
+            raise ValueError(f"grace and spread must be >= 0 seconds, got {grace}, {spread}")
+        if self._drain_task is None:
+            self._draining = True
+            self._drain_task = asyncio.get_running_loop().create_task(
+                self._drain(grace, spread), name="fastapi_rooms drain"
+            )
+        return self._drain_task
+
     async def drain(self, grace: float = 30.0, spread: float = 5.0) -> int:
         """Hand this node's clients to other nodes before it stops (a deploy, a scale-down).
 
         Readiness fails and new handshakes get 503 from now on. Every client of the ready
         endpoint is sent ``{"type": "shutdown", "reconnect_after_ms": ...}`` with a random
         delay up to ``spread`` seconds, so they do not all reconnect at once; what is still
-        open after ``grace`` seconds (or once every handler ended) is closed with 1001.
-        Returns how many connections the server closed itself.
+        open after ``grace`` seconds is closed with 1001. Returns how many connections the
+        server closed itself.
         """
-        if grace < 0 or spread < 0:
-            raise ValueError(f"grace and spread must be >= 0 seconds, got {grace}, {spread}")
-        self._draining = True
+        return await self.start_drain(grace, spread)
+
+    async def _drain(self, grace: float, spread: float) -> int:
         told = 0
         for ws in [ws for ws in self._sockets if ws.accepted and not ws.closed]:
             if ws._speaks_protocol:
@@ -1062,8 +1075,25 @@ class RoomManager:
             spread,
             grace,
         )
-        with contextlib.suppress(asyncio.TimeoutError):  # the grace is over: close the rest
-            await asyncio.wait_for(self._handlers_idle.wait(), grace)
+        # Wait for every socket this library serves (the app's own endpoints' too) to close.
+        still_open = {ws for ws in self._sockets if ws.accepted and not ws.closed}
+        all_closed = asyncio.Event()
+
+        def closed(ws: WebSocket) -> None:
+            still_open.discard(ws)
+            if not still_open:
+                all_closed.set()
+
+        for ws in list(still_open):  # a listener on a closed socket runs at once
+            ws._on_closed((self, "drain"), closed)
+        if not still_open:
+            all_closed.set()
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):  # the grace is over: close the rest
+                await asyncio.wait_for(all_closed.wait(), grace)
+        finally:
+            for ws in list(still_open):
+                ws._off_closed((self, "drain"))
         left = [ws for ws in self._sockets if ws.accepted and not ws.closed]
         results = await asyncio.gather(
             *(ws.close(CloseCode.GOING_AWAY, "server draining") for ws in left),
@@ -1080,6 +1110,8 @@ class RoomManager:
     async def stop(self) -> None:
         """Close open connections with 1001; wait for handlers up to ``shutdown_timeout``."""
         self._started = False
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()  # stopping closes everything anyway
         sockets = [ws for ws in self._sockets if not ws.closed]
         if sockets:
             self._log.info(

@@ -14,8 +14,8 @@ try:
     from prometheus_client import REGISTRY, CollectorRegistry, Histogram
     from prometheus_client.core import (
         CounterMetricFamily,
+        GaugeHistogramMetricFamily,
         GaugeMetricFamily,
-        HistogramMetricFamily,
     )
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector
@@ -23,6 +23,8 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "fastapi_rooms.metrics needs the 'metrics' extra: pip install 'fastapi-rooms[metrics]'"
     ) from exc
+
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .fastapi.router import RoomsRouter
@@ -47,7 +49,10 @@ class RoomsCollector(Collector):
             buckets=_FANOUT_BUCKETS,
             registry=None,
         )
-        manager._observe_fanout = self._fanout.observe
+
+    def describe(self) -> list[Metric]:
+        """The families, for registries to refuse a second collector of the same names."""
+        return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
         manager, router = self.manager, self.router
@@ -123,18 +128,18 @@ class RoomsCollector(Collector):
         )
         yield from _backplane(backend)
 
-    def _queue_depths(self) -> HistogramMetricFamily:
-        """Frames waiting per connection, sampled now."""
+    def _queue_depths(self) -> GaugeHistogramMetricFamily:
+        """Frames waiting per connection, sampled now (a gauge histogram: it goes down)."""
         depths = [ws.buffered for ws in self.manager.connections.values()]
         buckets: list[tuple[str, float]] = [
             (str(bound), float(sum(1 for d in depths if d <= bound))) for bound in _QUEUE_BUCKETS
         ]
         buckets.append(("+Inf", float(len(depths))))
-        return HistogramMetricFamily(
+        return GaugeHistogramMetricFamily(
             "fastapi_rooms_outbound_queue_depth",
             "Frames waiting in each connection's outbound buffer, sampled at the scrape.",
             buckets=buckets,
-            sum_value=float(sum(depths)),
+            gsum_value=float(sum(depths)),
         )
 
 
@@ -174,5 +179,13 @@ def register_metrics(
     """Register ``manager``'s metrics on ``registry`` (prometheus_client's default one unless
     given); serve them the app's way, or with ``create_rooms_router(metrics_url=...)``."""
     collector = RoomsCollector(manager, router)
-    registry.register(collector)
+    try:
+        registry.register(collector)
+    except ValueError as exc:  # prometheus_client: "Duplicated timeseries in CollectorRegistry"
+        raise ConfigurationError(
+            "fastapi_rooms metrics are already registered on this registry (two routers or "
+            "managers, or an app built twice in one process): give each its own "
+            f"metrics_registry=CollectorRegistry() ({exc})"
+        ) from None
+    manager._observe_fanout = collector._fanout.observe  # the only per-message cost
     return collector

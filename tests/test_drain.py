@@ -107,3 +107,16 @@ async def test_the_python_client_comes_back_after_the_servers_delay(
     kinds = [kind for kind, _ in events]
     assert kinds[:3] == ["connect", "connect", "backoff"], events
     assert events[1][1] - asked < 0.3 + 2.0  # the server's delay, not a 60 s backoff
+
+
+async def test_two_drains_at_once_are_one(serve: Callable[..., Server]) -> None:
+    server = serve("uvicorn", "core_app:app")
+    async with open_ws(server, "/ws") as ws, http(server) as rest:
+        await recv_json(ws)
+        body = {"grace_seconds": 0.5, "spread_seconds": 0}
+        answers = await asyncio.gather(*(rest.post("/drain", json=body) for _ in range(3)))
+        assert [a.status_code for a in answers] == [202] * 3
+        assert (await next_event(ws, "shutdown"))["reconnect_after_ms"] == 0
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), WAIT)  # closed once the grace ended
+    assert server.log().count("draining: new connections refused") == 1

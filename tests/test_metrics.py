@@ -83,7 +83,7 @@ async def test_metric_names_and_labels_follow_prometheus_conventions(server: Ser
             continue
         if family.type == "counter":  # exposed as name_total
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family
-        if family.type == "histogram":  # units in the name
+        if family.type in ("histogram", "gaugehistogram"):  # units in the name
             assert family.name.endswith(("_seconds", "_depth")), family.name
 
 
@@ -92,7 +92,7 @@ async def test_metrics_are_protected_like_rest(tmp_path: Any) -> None:
     from fastapi.testclient import TestClient
     from prometheus_client import CollectorRegistry
 
-    from fastapi_rooms import create_rooms_router
+    from fastapi_rooms import ConfigurationError, create_rooms_router
 
     def admin(x_admin_token: str = Header("")) -> None:
         if x_admin_token != "t":
@@ -114,3 +114,7 @@ async def test_metrics_are_protected_like_rest(tmp_path: Any) -> None:
         assert client.get("/metrics", headers={"X-Admin-Token": "t"}).status_code == 200
     with TestClient(unguarded) as client:
         assert client.get("/metrics").status_code == 403  # no guard given: refused
+    shared = CollectorRegistry()
+    create_rooms_router(metrics_registry=shared)
+    with pytest.raises(ConfigurationError, match="give each its own metrics_registry"):
+        create_rooms_router(metrics_registry=shared)

@@ -71,8 +71,10 @@ class Backplane:
             raise ValueError(f"deaf_after must be positive seconds, got {deaf_after!r}")
         self.deaf_after = deaf_after  # silence on the subscription that means it is dead
         self._heard = 0.0  # when the subscription last delivered anything (probes included)
+        self._unanswered = 0.0  # when Redis accepted the oldest probe not heard back since
         self._probe = encode(Envelope(node, "probe", "", (), b""))
         self.deaf_events = 0
+        self.probes = 0  # probes the backend accepted
         self.publish_timeout = publish_timeout
         self._write_timeout = max(_WRITE_TIMEOUT, publish_timeout)
         self.max_pending = max_pending
@@ -255,6 +257,7 @@ class Backplane:
                 await self._reconcile()
                 self.connected = True
                 self._heard = time.monotonic()
+                self._unanswered = 0.0
                 self.down.clear()
                 await self._check_positions()  # history may have moved on, or be gone
                 if down_since is not None:
@@ -298,13 +301,22 @@ class Backplane:
             heartbeat_at = time.monotonic() + self.directory_ttl / 3
             probe_every = self.deaf_after / 3
             probe_at = 0.0
+            last_pass = time.monotonic()
             while True:
                 now = time.monotonic()
+                # After a pass this late, this process was busy (a long fan-out, a GC pause):
+                # what Redis sent may be unread yet. Judge on the next pass.
+                stalled, last_pass = now - last_pass > 2 * probe_every, now
                 if now >= probe_at:  # a probe to ourselves: quiet channels still speak
                     self._enqueue(self.node_channel, self._probe, None)
                     probe_at = now + probe_every
+                # Deaf: Redis accepted a probe deaf_after ago, and nothing was heard since.
                 silent = now - self._heard
-                if silent > self.deaf_after:
+                if (
+                    not stalled
+                    and self._unanswered > self._heard
+                    and now - self._unanswered > self.deaf_after
+                ):
                     self.deaf_events += 1
                     self._log.error(
                         "backend %r: deaf: nothing arrived on the subscription for %.1fs, not "
@@ -507,6 +519,11 @@ class Backplane:
         envelope: Envelope | Append | bytes,
         future: asyncio.Future[int] | None,
     ) -> bool:
+        if envelope is self._probe:  # ahead of any backlog, never refused for it
+            self._pending.appendleft((channel, envelope, None))
+            self._pending_event.set()
+            self._flushed.clear()
+            return True
         kind = (
             "numbered room"
             if isinstance(envelope, Append)
@@ -593,6 +610,10 @@ class Backplane:
                         count = 0
                     elif payload is not self._probe:  # probes are not messages
                         self.messages_out += 1
+                    else:
+                        self.probes += 1
+                        if self._unanswered <= self._heard:  # the first one not answered yet
+                            self._unanswered = time.monotonic()
                     if future is not None and not future.done():
                         future.set_result(count)
             self._flushed.set()
@@ -664,6 +685,7 @@ class Backplane:
             "publish_dropped": self.publish_dropped,
             "pending": len(self._pending) + self._in_flight,  # queued or being written
             "deaf_events": self.deaf_events,
+            "probes": self.probes,
             "silent_seconds": round(time.monotonic() - self._heard, 3) if self.connected else None,
             "malformed_envelopes": self.malformed,
             "presence_errors": self.presence_errors,

@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..manager import RoomManager
+from ..policy import _header, origin_allowed
 from .dependencies import manager_for
 
 __all__ = ["add_admin_page", "snapshot"]
@@ -92,6 +93,12 @@ def add_admin_page(
         return HTMLResponse(_PAGE.read_text())
 
     async def live(websocket: WebSocket) -> None:
+        # Same site only, whatever allowed_origins says: a cookie guard must not let another
+        # site's page read this (cross-site WebSocket hijacking).
+        if not origin_allowed(websocket, None):
+            _log.warning("refused an admin WebSocket from origin %r", _header(websocket, b"origin"))
+            await websocket.close(1008, "origin not allowed")
+            return
         serving = manager_for(websocket.scope, manager)
         await websocket.accept()
         try:

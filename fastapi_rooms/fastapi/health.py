@@ -8,9 +8,11 @@ protected ``GET /stats``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 
 from ..manager import RoomManager
@@ -35,10 +37,7 @@ def add_health_endpoints(
         async def alive() -> JSONResponse:
             return JSONResponse({"status": "alive"})
 
-        router.add_api_route(
-            liveness_url, alive, methods=["GET"], include_in_schema=False,
-            name="fastapi_rooms_liveness",
-        )  # fmt: skip
+        _add_open_route(router, liveness_url, alive, "fastapi_rooms_liveness")
     if readiness_url is not None:
         said: dict[int, str | None] = {}
 
@@ -55,7 +54,13 @@ def add_health_endpoints(
                 return JSONResponse({"status": "ready"})
             return JSONResponse({"status": "not_ready"}, status_code=503)
 
-        router.add_api_route(
-            readiness_url, ready, methods=["GET"], include_in_schema=False,
-            name="fastapi_rooms_readiness",
-        )  # fmt: skip
+        _add_open_route(router, readiness_url, ready, "fastapi_rooms_readiness")
+
+
+def _add_open_route(router: APIRouter, path: str, endpoint: Any, name: str) -> None:
+    """A route without the router's own ``dependencies=`` (an auth guard there would keep a
+    probe out, and Kubernetes would restart a healthy pod); ``include_router``'s still apply."""
+    router.routes.append(
+        APIRoute(router.prefix + path, endpoint, methods=["GET"], include_in_schema=False,
+                 name=name)
+    )  # fmt: skip

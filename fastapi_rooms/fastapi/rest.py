@@ -35,11 +35,8 @@ _UNPROTECTED = (
 )
 
 
-_draining: set[asyncio.Task[int]] = set()  # drains in progress (a reference keeps them)
-
-
 def _drained(task: asyncio.Task[int]) -> None:
-    _draining.discard(task)
+    """Log a drain that failed (the manager keeps the task)."""
     if not task.cancelled() and task.exception() is not None:
         _log.error("draining failed: %r", task.exception())
 
@@ -301,10 +298,7 @@ def add_rest_endpoints(
         body = body or DrainBody()
         open_now = manager.stats()["connections"]
         if not manager.draining:
-            task = asyncio.get_running_loop().create_task(
-                manager.drain(body.grace_seconds, body.spread_seconds)
-            )
-            _draining.add(task)
+            task = manager.start_drain(body.grace_seconds, body.spread_seconds)
             task.add_done_callback(_drained)
         return DrainResult(connections=open_now)
 

@@ -637,6 +637,11 @@ class RoomsRouter(APIRouter):
         claimed = await self._admit(ws, authenticate)
         if claimed is None:
             return  # refused: the handshake was answered
+        if manager.draining:  # began while the authenticate hook ran
+            self._release(claimed)
+            self.refused["draining"] += 1
+            await ws.reject(503, "server draining")
+            return
         self.accepted += 1
         manager._track(ws)
         try:

@@ -61,12 +61,14 @@ export class RoomsClient {
 
   connect() {
     this._closing = false;
+    if (this._socket === null && this._timer === null) this._nextDelay = null;
     if (this._socket === null && this._timer === null) this._open();
     return this._ready;
   }
 
   close() {
     this._closing = true;
+    this._nextDelay = null;
     clearTimeout(this._timer);
     this._timer = null;
     if (this._socket) this._socket.close(1000);
