@@ -7,7 +7,8 @@
 
 Each command creates .venv and installs the package with its extras when pyproject.toml changed.
 The floor job runs a few test files in .venv-floor against the lowest supported FastAPI,
-Starlette and Pydantic; FASTAPI_ROOMS_SKIP_FLOOR=1 skips it (CI always runs it).
+Starlette and Pydantic, on the lowest supported Python (3.10) when python3.10 is on PATH;
+FASTAPI_ROOMS_SKIP_FLOOR=1 skips it (CI always runs it).
 The AsyncAPI tests run Node (npm ci in tests/js when its lock changes) and drive Debian's
 chromium; without chromium (apt-get install chromium) the page test is skipped, loudly, except
 in CI, where .ci/run installs it.
@@ -62,10 +63,39 @@ def ensure_env() -> None:
     STAMP.write_text(digest)
 
 
+def floor_python() -> str | None:
+    """A working Python 3.10 (the lowest supported) when there is one, else None (then the
+    floor job runs on this Python). pyenv's shims exist for versions they will not run, so
+    each candidate is asked."""
+    home = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    candidates = [shutil.which("python3.10"), *sorted(home.glob("versions/3.10.*/bin/python3.10"))]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        done = subprocess.run(
+            [str(candidate), "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode == 0 and done.stdout.strip() == "(3, 10)":
+            return str(candidate)
+    return None
+
+
 def ensure_floor_env() -> None:
     """Create .venv-floor with the pinned floors; reinstall when the pins or pyproject change."""
+    base = floor_python()
+    if FLOOR_PY.exists():
+        made_with = subprocess.run(
+            [str(FLOOR_PY), "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        if base is not None and made_with != "(3, 10)":
+            shutil.rmtree(FLOOR_VENV)  # made by another Python: start over on 3.10
     if not FLOOR_PY.exists():
-        venv.EnvBuilder(with_pip=True).create(FLOOR_VENV)
+        if base is not None:
+            run(base, "-m", "venv", FLOOR_VENV)
+        else:
+            venv.EnvBuilder(with_pip=True).create(FLOOR_VENV)
     ignore = FLOOR_VENV / ".gitignore"  # keeps the venv out of git, as Python 3.13+ venvs do
     if not ignore.exists():
         ignore.write_text("*\n")
@@ -109,7 +139,13 @@ def floor() -> None:
         print("== floor: skipped (FASTAPI_ROOMS_SKIP_FLOOR=1) ==", flush=True)
         return
     ensure_floor_env()
-    versions = ", ".join(pin.replace("==", " ").rstrip(".*") for pin in FLOOR_PINS)
+    python = subprocess.run(
+        [str(FLOOR_PY), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    versions = ", ".join(
+        [f"Python {python}", *(pin.replace("==", " ").rstrip(".*") for pin in FLOOR_PINS)]
+    )
     print(f"== floor: {versions} ==", flush=True)
     run(FLOOR_PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FLOOR_TESTS)
 
