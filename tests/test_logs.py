@@ -51,3 +51,16 @@ async def test_records_carry_node_and_connection(caplog: pytest.LogCaptureFixtur
     [record] = [r for r in caplog.records if "outbound buffer overflowed" in r.getMessage()]
     assert (record.node, record.connection_id, record.room) == ("node-7", "slow", None)  # type: ignore[attr-defined]
     assert ws.closed
+
+
+def test_every_record_of_the_library_has_the_fields(caplog: pytest.LogCaptureFixture) -> None:
+    from fastapi_rooms.logs import current_node
+
+    token = current_node.set("node-9")  # as the rooms router does for a handler
+    try:
+        with caplog.at_level(logging.WARNING, logger="fastapi_rooms"):
+            logging.getLogger("fastapi_rooms").warning("from a layer without a manager")
+    finally:
+        current_node.reset(token)
+    [record] = caplog.records
+    assert (record.node, record.room, record.connection_id) == ("node-9", None, None)  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from typing_extensions import Unpack
 
 from ..compat.gobstopper import convert_path
 from ..errors import CloseCode, ConfigurationError, ConnectionClosed
+from ..logs import current_node
 from ..manager import RoomManager
 from ..namespaces import Namespace, NamespaceOptions
 from ..policy import Limits, _header, client_ip, origin_allowed, user_id_of
@@ -230,6 +231,7 @@ def _lifespan(rooms: RoomsRouter) -> Callable[[Any], Any]:
             setattr(state, STATE_KEY, manager)
         if rooms.close_unmatched:
             _install_going_away(app)
+        current_node.set(manager.node_id)  # this lifespan's log records name the node
         rooms._log_open_endpoints()
         owner = not manager.started
         if owner:
@@ -629,6 +631,7 @@ class RoomsRouter(APIRouter):
         """
         if authenticate is None:
             authenticate = self.authenticate is not None
+        current_node.set(manager.node_id)  # this connection's log records name the node
         if manager.draining:
             self.refused["draining"] += 1
             self.manager._log.info("refused a WebSocket to %s: this node is draining", ws.path)
