@@ -108,6 +108,7 @@ class RoomManager:
         self._rooms = registry.rooms
         self._users = registry.users
         self._sockets: set[WebSocket] = set()  # every open socket the library serves
+        self._registered: dict[WebSocket, int] = {}  # socket -> ids it is registered under
         self._handlers = 0
         self._handlers_idle = asyncio.Event()
         self._handlers_idle.set()
@@ -257,6 +258,7 @@ class RoomManager:
         if ws.closed:
             raise ValueError(f"cannot add connection {connection_id!r}: its WebSocket is closed")
         first_of_user = self._registry.add(connection_id, ws, user_id)
+        self._registered[ws] = self._registered.get(ws, 0) + 1
         self._sockets.add(ws)
         backplane = self.backplane
         if backplane is not None:
@@ -306,7 +308,11 @@ class RoomManager:
             backplane.remove_local(connection_id)
             if last_of_user is not None:
                 backplane.unwant(backplane.user_channel(last_of_user))
-        if ws not in self._connections.values():
+        left = self._registered.get(ws, 1) - 1  # O(1): this ran for every close, over all
+        if left:
+            self._registered[ws] = left
+        else:
+            self._registered.pop(ws, None)
             self._sockets.discard(ws)
 
     @asynccontextmanager
@@ -1024,7 +1030,7 @@ class RoomManager:
 
     def _untrack(self, ws: WebSocket) -> None:
         self._handlers -= 1
-        if ws not in self._connections.values():
+        if ws not in self._registered:
             self._sockets.discard(ws)
         if self._handlers == 0:
             self._handlers_idle.set()

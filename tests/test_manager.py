@@ -335,3 +335,13 @@ async def test_a_long_burst_is_written_in_batches_as_it_runs() -> None:
     await next_pass()
     assert peer.texts()[600:] == [big] * 4 + ["after"]
     assert not ws.closed and ws.dropped == 0
+
+
+async def test_a_socket_under_two_ids_is_served_until_both_are_removed() -> None:
+    m = RoomManager()
+    ws, _ = connect(m, "a")
+    m.add_connection("b", ws)
+    m.remove_connection("a")
+    assert ws in m._sockets and m.connections["b"] is ws
+    m.remove_connection("b")
+    assert ws not in m._sockets and len(m.connections) == 0
