@@ -6,6 +6,8 @@ retry on its own: the manager's backplane owns reconnection, backoff and logging
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -164,6 +166,12 @@ return kept
 """
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag(room: str) -> str:
+    """A room's hash tag: braces-free, stable across processes and versions."""
+    return hashlib.blake2b(room.encode(), digest_size=8).hexdigest()
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -211,8 +219,9 @@ class RedisBackend:
         return f"{self.prefix}:conn:{connection_id}"
 
     def _history_keys(self, room: str) -> tuple[str, str, str]:
-        # One hash tag per room: its three keys share a Redis Cluster slot.
-        base = f"{self.prefix}:history:{{{room}}}"
+        # One hash tag per room, so its three keys share a Redis Cluster slot: a digest of
+        # the name, as a name with braces ("}{") would make the tag empty or cut it short.
+        base = f"{self.prefix}:history:{{{_tag(room)}}}:{room}"
         return f"{base}:meta", f"{base}:frames", f"{base}:times"
 
     @property
