@@ -634,8 +634,9 @@ class RoomManager:
         if not isinstance(text, str) or not text.rstrip().endswith("}"):
             raise ValueError(f"json_dumps should give a JSON object as text, got {text[:40]!r}")
         head, tail = text.rstrip()[:-1] + ',"offset":', "}"
-        if len(head.encode()) + 17 > self.max_message_bytes:  # 17: the widest offset, and "}"
-            raise MessageTooBig(len(head.encode()) + 17, self.max_message_bytes)
+        over = oversize(head, self.max_message_bytes - 17)  # 17: the widest offset, and "}"
+        if over:
+            raise MessageTooBig(over + 17, self.max_message_bytes)
         backplane = self.backplane
         if backplane is None:
             offset = self._history.append(room, size, ttl, lambda n: f"{head}{n}{tail}")
@@ -645,7 +646,7 @@ class RoomManager:
             skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         prefix = numbered_prefix(Envelope(self.node_id, "room", room, skip, ""))
         self._published += 1
-        keep = max(ttl or 0.0, self.node_ttl)
+        keep = self._keep(ttl)
         item = Append(room, prefix, head, tail, size, ttl or 0.0, keep)
         # Every node, this one too, hands it on once the backend has numbered it.
         if not await backplane.append(backplane.room_channel(room), item):
@@ -700,7 +701,7 @@ class RoomManager:
             if since is not None and caught is not None:
                 self._recoveries["recovered" if caught[2] else "not_recovered"] += 1
             return caught
-        keep = max(ttl or 0.0, self.node_ttl)
+        keep = self._keep(ttl)
         if member:  # it gets every message already: where it stands, nothing to replay
             await self.join(connection_id, room, meta=meta)
             position = self._streams.position(room, connection_id)
@@ -776,7 +777,7 @@ class RoomManager:
         backplane = self.backplane
         if backplane is None:
             return self._history.since(room, since, epoch, ttl, limit)
-        keep = max(ttl or 0.0, self.node_ttl)
+        keep = self._keep(ttl)
         return await backplane.history_read(room, since, epoch, limit, ttl or 0.0, keep)
 
     def _checked(self, room: str, message: BaseModel) -> Any:
@@ -914,6 +915,11 @@ class RoomManager:
                 )
                 self._resync(room, self._streams.holding(room), why)
 
+    def _keep(self, ttl: float | None) -> float:
+        """How long the backend keeps a room's offset and epoch: its TTL, and at least one
+        directory lifetime, so a heartbeat refreshes it before it expires."""
+        return max(ttl or 0.0, self.node_ttl)
+
     def _history_sizes(self) -> tuple[int, int]:
         """Rooms whose history is known here, and messages this process keeps for them."""
         if self.backplane is not None:
@@ -927,7 +933,7 @@ class RoomManager:
         for room in self._streams.rooms():
             if room in self._rooms:
                 ttl = self.namespaces.room_history(room)[1]
-                out[room] = (max(ttl or 0.0, self.node_ttl), self._streams.last(room))
+                out[room] = (self._keep(ttl), self._streams.last(room))
         return out
 
     def _deliver_remote(self, envelope: Envelope) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,15 @@ def proxy(private_redis: RedisServer) -> Iterator[Proxy]:
         proxy.close()
 
 
+@contextlib.asynccontextmanager
+async def redis_at(url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 def node(tmp_path: Path, url: str) -> Any:
     env = {"REDIS_URL": url, "ROOMS_PREFIX": f"deaf-{uuid.uuid4().hex[:6]}",
            "NODE_ID": "deaf-node", "DEAF_AFTER": str(DEAF_AFTER)}  # fmt: skip
@@ -184,12 +193,9 @@ async def test_a_killed_subscriber_is_noticed_at_once(
 ) -> None:
     with node(tmp_path, private_redis.url) as server:
         before = await connected(server)
-        client = aioredis.Redis.from_url(private_redis.url)
-        try:
+        async with redis_at(private_redis.url) as client:
             t0 = time.monotonic()
             assert await client.client_kill_filter(_type="pubsub") >= 1
-        finally:
-            await client.aclose()
         assert await noticed(server, before, t0) <= BOUND + SLACK
         await delivered_again(server)
 
@@ -199,21 +205,15 @@ async def test_a_subscriber_over_its_output_buffer_limit_is_noticed(
 ) -> None:
     with node(tmp_path, private_redis.url) as server:
         before = await connected(server)
-        client = aioredis.Redis.from_url(private_redis.url)
-        try:
+        async with redis_at(private_redis.url) as client:
             await client.config_set("client-output-buffer-limit", "pubsub 1024 1024 0")
             channels = await client.pubsub_channels("deaf-*:all")
             assert channels, "the node's broadcast channel"
             t0 = time.monotonic()
             await client.publish(channels[0], b"x" * 100_000)  # over the 1 KiB hard limit
-        finally:
-            await client.aclose()
         assert await noticed(server, before, t0) <= BOUND + SLACK
-        restore = aioredis.Redis.from_url(private_redis.url)
-        try:
+        async with redis_at(private_redis.url) as restore:
             await restore.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
-        finally:
-            await restore.aclose()
         await delivered_again(server)
 
 
@@ -222,14 +222,11 @@ async def test_a_paused_redis_is_noticed_within_the_bound(
 ) -> None:
     with node(tmp_path, private_redis.url) as server:
         before = await connected(server)
-        client = aioredis.Redis.from_url(private_redis.url)
-        try:
+        async with redis_at(private_redis.url) as client:
             t0 = time.monotonic()
             # every client's commands wait (UNPAUSE too): it ends by itself after 7.5 s
             await client.execute_command("CLIENT", "PAUSE", 7500, "ALL")
             assert await noticed(server, before, t0) <= BOUND + SLACK
-        finally:
-            await client.aclose()
         await delivered_again(server)
 
 

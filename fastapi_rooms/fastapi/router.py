@@ -328,19 +328,11 @@ class RoomsRouter(APIRouter):
         if ready_endpoint is not None:
             self._add_ready_endpoint(ready_endpoint, authenticate=authenticate is not None)
         add_health_endpoints(self, self.manager, liveness_url, readiness_url)
+        guard = rest_guard(self, insecure_rest, list(rest_dependencies or []))  # reveals state
         if admin_url is not None:
-            add_admin_page(
-                self,
-                self.manager,
-                admin_url,
-                rest_guard(self, insecure_rest, list(rest_dependencies or [])),
-            )
+            add_admin_page(self, self.manager, admin_url, guard)
         if metrics_url is not None or metrics_registry is not None:
-            self._add_metrics(
-                metrics_url,
-                metrics_registry,
-                rest_guard(self, insecure_rest, list(rest_dependencies or [])),
-            )
+            self._add_metrics(metrics_url, metrics_registry, guard)
         if client_js_url is not None:
             self.add_api_route(
                 client_js_url,
