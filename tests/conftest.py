@@ -303,6 +303,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.kill()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-master Redis Cluster of the suite's own (tests that break one make their own)."""
+    from .localcluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url
+
+
 @pytest.fixture
 def redis_prefix() -> str:
     """A key and channel prefix of its own for each test."""

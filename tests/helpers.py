@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 
+from fastapi_rooms.backends.base import room_tag
 from tests.conftest import Server
 
 WAIT = 10.0  # seconds to wait on any single event; generous so a loaded machine passes
@@ -25,6 +26,11 @@ WAIT = 10.0  # seconds to wait on any single event; generous so a loaded machine
 #: Operator credentials of the test apps' REST endpoints: secure_app and redis_app take the
 #: bearer token, the guide (GUIDE_ADMIN_TOKEN in conftest.guide_env) the X-Admin-Token.
 ADMIN = {"Authorization": "Bearer admin-token", "X-Admin-Token": "guide-admin"}
+
+
+def room_channel(prefix: str, room: str) -> str:
+    """A room's backend channel: its tag keeps it on the shard of the room's keys."""
+    return f"{prefix}:room:{{{room_tag(room)}}}:{room}"
 
 
 # WebSocket clients -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from fastapi_rooms.backends.redis import RedisBackend, redact
 from fastapi_rooms.backplane.envelope import Envelope, decode, encode
 
 from .conftest import RedisServer
+from .helpers import room_channel
 
 pytestmark = pytest.mark.anyio
 
@@ -214,7 +215,7 @@ async def test_room_channel_has_no_subscriber_once_members_leave(
     try:
         await a.start()
         await b.start()
-        channel = f"{redis_prefix}:room:lobby"
+        channel = room_channel(redis_prefix, "lobby")
         connect(a, "a1", "lobby")
         connect(b, "b1", "lobby")
         connect(b, "b2", "lobby")
@@ -248,7 +249,7 @@ async def test_malformed_envelopes_are_counted_and_the_listener_survives(
         await manager.start()
         peer = connect(manager, "p", "r")
         await manager.sync(WAIT)
-        channel = f"{redis_prefix}:room:r"
+        channel = room_channel(redis_prefix, "r")
         bad = [b"", b"not an envelope", b"\x80\x04\x95pickle", b"FR1\x00\x05{bad}", b"FR1\xff"]
         with caplog.at_level(logging.WARNING, "fastapi_rooms.backplane"):
             for payload in bad:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 
 from .conftest import Node, RedisServer, Server, app_for, redis_server_binary, running_nodes
@@ -30,10 +29,12 @@ from .helpers import (
     open_ws,
     recv,
     recv_json,
+    room_channel,
     stats,
     until,
     wait_stats,
 )
+from .localcluster import raw_client, subscribers
 
 pytestmark = pytest.mark.anyio
 
@@ -54,13 +55,22 @@ def cluster_prefix() -> str:
     return f"frtest-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on one Redis and on a three-master Redis Cluster: the cluster
+    backend keeps every guarantee of the single-Redis one."""
+    return str(
+        request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster(
-    redis_url: str, cluster_prefix: str, tmp_path_factory: pytest.TempPathFactory
+    backend_url: str, cluster_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Server]]:
-    """Nodes a, b (uvicorn) and c (granian-rsgi) sharing rooms through the machine's Redis."""
+    """Nodes a, b (uvicorn) and c (granian-rsgi) sharing rooms through the backend."""
     tmp = tmp_path_factory.mktemp("cluster")
-    with running_nodes(tmp, redis_nodes(redis_url, cluster_prefix)) as servers:
+    with running_nodes(tmp, redis_nodes(backend_url, cluster_prefix)) as servers:
         yield servers
 
 
@@ -158,6 +168,7 @@ async def test_send_to_a_connection_on_another_node(
         missing = await rest.post("/connections/nobody/send", json={"message": "x"})
         assert missing.status_code == 404
         await target.ws.close()
+
         # The directory forgets a closed connection: sends to it are 404 again.
         async def gone() -> bool:
             response = await rest.post(f"/connections/{target.id}/send", json={"message": "x"})
@@ -175,6 +186,7 @@ async def test_exclude_works_across_nodes(cluster: dict[str, Server], clients: C
             "/rooms/ex/broadcast", json={"message": "rest", "exclude": [a2.id, c1.id]}
         )
         assert response.status_code == 200
+
     async def frames(member: Client, count: int) -> list[Any]:
         got = []
         for _ in range(count):
@@ -193,38 +205,51 @@ async def test_exclude_works_across_nodes(cluster: dict[str, Server], clients: C
 
 
 async def test_no_subscription_is_left_after_every_member_leaves(
-    cluster: dict[str, Server], clients: Connect, redis_url: str, cluster_prefix: str
+    cluster: dict[str, Server], clients: Connect, backend_url: str, cluster_prefix: str
 ) -> None:
-    channel = f"{cluster_prefix}:room:ephemeral"
+    channel = room_channel(cluster_prefix, "ephemeral")
     members = [await clients(cluster[n], "ephemeral") for n in "abc"]
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        assert dict(await redis.pubsub_numsub(channel)) == {channel.encode(): 3}
+    async with raw_client(backend_url) as redis:
+        assert await subscribers(redis, channel) == 3
         await members[0].send(type="leave", room="ephemeral")
         await members[0].event("left")
         await members[1].ws.close()
         await members[2].send(type="leave", room="ephemeral")
         await members[2].event("left")
+
         async def unsubscribed() -> bool:
-            return dict(await redis.pubsub_numsub(channel)) == {channel.encode(): 0}
+            return await subscribers(redis, channel) == 0
 
         await until(unsubscribed)
-    finally:
-        await redis.aclose()
 
 
 async def test_malformed_envelopes_from_redis_cli_are_counted_and_dropped(
-    cluster: dict[str, Server], clients: Connect, redis_url: str, cluster_prefix: str
+    cluster: dict[str, Server], clients: Connect, backend_url: str, cluster_prefix: str
 ) -> None:
     members = {n: await clients(cluster[n], "hostile") for n in "abc"}
     before = {n: (await stats(cluster[n]))["malformed_envelopes"] for n in "abc"}
-    garbage = [b"not an envelope", b"FR1", b"FR1\x00\x05{oops", b"\x80\x04\x95pickle", b"{}",
-               b'FR1\x00\x1c{"o":"n","k":"room","t":"r"}\xff']
-    for channel in (f"{cluster_prefix}:room:hostile", f"{cluster_prefix}:all"):
+    garbage = [
+        b"not an envelope",
+        b"FR1",
+        b"FR1\x00\x05{oops",
+        b"\x80\x04\x95pickle",
+        b"{}",
+        b'FR1\x00\x1c{"o":"n","k":"room","t":"r"}\xff',
+    ]
+    if backend_url.startswith("redis+cluster://"):  # -c: follow MOVED to the channel's shard
+        seed = backend_url.split("//")[1].split(",")[0].rsplit(":", 1)[1]
+        command = ["-c", "-p", seed, "-x", "SPUBLISH"]
+    else:
+        command = ["-u", backend_url, "-x", "PUBLISH"]
+    for channel in (room_channel(cluster_prefix, "hostile"), f"{cluster_prefix}:all"):
         for payload in garbage:
             cli = await asyncio.create_subprocess_exec(  # -x: the payload from stdin, as bytes
-                _redis_cli(), "-u", redis_url, "-x", "PUBLISH", channel,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                _redis_cli(),
+                *command,
+                channel,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
             out, _ = await asyncio.wait_for(cli.communicate(payload), WAIT)
             assert cli.returncode == 0, out
@@ -293,9 +318,13 @@ def test_redis_cli_is_available() -> None:
 
 
 async def test_sends_to_a_connection_on_a_killed_node_are_404(
-    redis_url: str, cluster: dict[str, Server], clients: Connect, tmp_path: Path, cluster_prefix: str
+    backend_url: str,
+    cluster: dict[str, Server],
+    clients: Connect,
+    tmp_path: Path,
+    cluster_prefix: str,
 ) -> None:
-    with running_nodes(tmp_path, redis_nodes(redis_url, cluster_prefix, {"d": "uvicorn"})) as d:
+    with running_nodes(tmp_path, redis_nodes(backend_url, cluster_prefix, {"d": "uvicorn"})) as d:
         doomed = d["d"]
         client = await clients(doomed)
         async with http(cluster["a"], headers=ADMIN) as rest:
@@ -317,14 +346,14 @@ async def test_sends_to_a_connection_on_a_killed_node_are_404(
 
 
 async def test_presence_and_user_sends_span_nodes_and_a_killed_node_expires(
-    redis_url: str, redis_prefix: str, tmp_path: Path
+    backend_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     """Presence on Redis: entries refreshed every NODE_TTL/3; a SIGKILLed node's entries are
     gone within NODE_TTL (here 1.5 s)."""
     ttl = 1.5
     nodes: dict[str, Node] = {}
     for name, kind in NODES.items():
-        env = {"REDIS_URL": redis_url, "ROOMS_PREFIX": redis_prefix, "NODE_ID": name,
+        env = {"REDIS_URL": backend_url, "ROOMS_PREFIX": redis_prefix, "NODE_ID": name,
                "NODE_TTL": str(ttl), "PRESENCE_EVENTS": "1"}  # fmt: skip
         nodes[name] = (kind, app_for("secure_app", kind), env)
     with running_nodes(tmp_path, nodes) as servers:

@@ -8,13 +8,23 @@ room history, which is the point of keeping it there.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..history import HistoryPage, Position
 
-__all__ = ["Append", "Backend", "Directory", "Presence", "PubSub", "RoomHistory"]
+__all__ = ["Append", "Backend", "Directory", "Presence", "PubSub", "RoomHistory", "room_tag"]
+
+
+@functools.lru_cache(maxsize=4096)
+def room_tag(room: str) -> str:
+    """A room's shard key: its channel and keys carry ``{room_tag(room)}`` (a Redis Cluster
+    hash tag), so a sharded backend keeps them on one shard. A digest of the name, braces-free
+    (a name like ``}{`` would cut a tag made of it short), stable across processes."""
+    return hashlib.blake2b(room.encode(), digest_size=8).hexdigest()
 
 
 @runtime_checkable
@@ -118,9 +128,7 @@ class RoomHistory(Protocol):
         A room without kept state starts an epoch here (offset 0), alive ``keep`` seconds."""
         ...
 
-    async def history_touch(
-        self, rooms: Sequence[tuple[str, float, int]]
-    ) -> list[Position | None]:
+    async def history_touch(self, rooms: Sequence[tuple[str, float, int]]) -> list[Position | None]:
         """Keep each ``(room, keep, last)``'s offset and epoch alive ``keep`` more seconds;
         their positions, None for a room whose history is gone. A history behind ``last``
         (the latest offset a node delivered) starts a new epoch: it is not the one clients

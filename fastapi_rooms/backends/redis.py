@@ -6,8 +6,6 @@ retry on its own: the manager's backplane owns reconnection, backoff and logging
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -16,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -24,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from ..history import HistoryPage, Position
-from .base import Append
+from .base import Append, room_tag
 
 __all__ = ["RedisBackend"]
 
@@ -106,10 +105,13 @@ local function trim(now, ttl)
 end
 """
 
-# ARGV: channel, envelope prefix, frame head, frame tail, size, ttl ms, keep ms, epoch candidate
-_HISTORY_APPEND = (
-    _HISTORY_START
-    + """
+
+def _append_script(publish: str) -> str:
+    """The append script, publishing with ``publish`` (PUBLISH, or SPUBLISH on a cluster)."""
+    # ARGV: channel, envelope prefix, frame head, frame tail, size, ttl ms, keep ms, epoch candidate
+    return (
+        _HISTORY_START
+        + """
 local now = now_ms()
 local epoch = start(ARGV[8], tonumber(ARGV[7]))
 local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
@@ -124,10 +126,15 @@ trim(now, ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]))
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. frame)
+redis.call('"""
+        + publish
+        + """', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. frame)
 return offset
 """
-)
+    )
+
+
+_HISTORY_APPEND = _append_script("PUBLISH")
 
 # ARGV: since, limit (-1: all), ttl ms, keep ms, epoch candidate, epoch expected ('' any)
 # -> {epoch, latest offset, oldest kept offset, frames after since (none if another epoch)}
@@ -166,12 +173,6 @@ return kept
 """
 
 
-@functools.lru_cache(maxsize=4096)
-def _tag(room: str) -> str:
-    """A room's hash tag: braces-free, stable across processes and versions."""
-    return hashlib.blake2b(room.encode(), digest_size=8).hexdigest()
-
-
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -194,6 +195,8 @@ class RedisBackend:
     """Pub/sub channels and ``{prefix}:conn:{id}`` directory keys on one Redis server."""
 
     confirms_subscriptions = True  # SUBSCRIBE is only sent; Redis's reply comes on listen()
+    _publish = "PUBLISH"
+    _append = _HISTORY_APPEND
 
     def __init__(
         self, url: str, *, prefix: str = "fastapi_rooms", timeout: float = 1.0, **options: Any
@@ -209,7 +212,7 @@ class RedisBackend:
             "socket_keepalive_options": _KEEPALIVE,
             **options,
         }
-        self._client: aioredis.Redis | None = None
+        self._client: aioredis.Redis | RedisCluster | None = None
         self._pubsub: Any = None
 
     def __repr__(self) -> str:
@@ -221,11 +224,11 @@ class RedisBackend:
     def _history_keys(self, room: str) -> tuple[str, str, str]:
         # One hash tag per room, so its three keys share a Redis Cluster slot: a digest of
         # the name, as a name with braces ("}{") would make the tag empty or cut it short.
-        base = f"{self.prefix}:history:{{{_tag(room)}}}:{room}"
+        base = f"{self.prefix}:history:{{{room_tag(room)}}}:{room}"
         return f"{base}:meta", f"{base}:frames", f"{base}:times"
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> aioredis.Redis | RedisCluster:
         if self._client is None:
             raise ConnectionError("RedisBackend is not connected: call connect() first")
         return self._client
@@ -257,13 +260,13 @@ class RedisBackend:
         await self._pubsub.unsubscribe(channel)
 
     async def publish(self, channel: str, payload: bytes) -> int:
-        return int(await self.client.publish(channel, payload))
+        return int(await self.client.execute_command(self._publish, channel, payload))
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         """Publish in order in one round trip (a non-transactional pipeline)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for channel, payload in items:
-                pipe.publish(channel, payload)
+                pipe.execute_command(self._publish, channel, payload)
             return [int(n) for n in await pipe.execute()]
 
     async def write_many(
@@ -274,10 +277,10 @@ class RedisBackend:
         async with self.client.pipeline(transaction=False) as pipe:
             for channel, item in items:
                 if isinstance(item, bytes):
-                    pipe.publish(channel, item)
+                    pipe.execute_command(self._publish, channel, item)
                     continue
                 pipe.eval(
-                    _HISTORY_APPEND,
+                    self._append,
                     3,
                     *self._history_keys(item.room),
                     channel,
@@ -314,9 +317,7 @@ class RedisBackend:
         )
         return HistoryPage(position, [_text(f) for f in frames] if complete else [], complete)
 
-    async def history_touch(
-        self, rooms: Sequence[tuple[str, float, int]]
-    ) -> list[Position | None]:
+    async def history_touch(self, rooms: Sequence[tuple[str, float, int]]) -> list[Position | None]:
         if not rooms:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
@@ -378,8 +379,10 @@ class RedisBackend:
         return node.decode() if isinstance(node, bytes) else str(node)
 
     def _presence_keys(self, room: str) -> tuple[str, str]:
-        # Separate namespaces: no room name can make one room's key another room's.
-        return f"{self.prefix}:presence:z:{room}", f"{self.prefix}:presence:h:{room}"
+        # Separate namespaces: no room name can make one room's key another room's. One hash
+        # tag: both keys share a Redis Cluster slot, as the presence scripts need.
+        base = f"{self.prefix}:presence:{{{room_tag(room)}}}"
+        return f"{base}:z:{room}", f"{base}:h:{room}"
 
     async def presence_set(self, entries: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         by_room: dict[str, list[str | bytes]] = {}

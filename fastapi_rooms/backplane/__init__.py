@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..backends.base import Append, Backend, RoomHistory
+from ..backends.base import Append, Backend, RoomHistory, room_tag
 from ..history import HistoryPage, Position
 from ..logs import NodeLogger
 from .envelope import Envelope, decode, encode
@@ -71,7 +71,12 @@ class Backplane:
             raise ValueError(f"deaf_after must be positive seconds, got {deaf_after!r}")
         self.deaf_after = deaf_after  # silence on the subscription that means it is dead
         self._heard = 0.0  # when the subscription last delivered anything (probes included)
-        self._unanswered = 0.0  # when Redis accepted the oldest probe not heard back since
+        # Probes go to one channel per backend connection (the node channel, or one per shard
+        # on a cluster); per channel, when the backend accepted the oldest probe not heard
+        # back since, and when one was last heard.
+        self._probe_channels: list[str] = []
+        self._unanswered: dict[str, float] = {}
+        self._answered: dict[str, float] = {}
         self._probe = encode(Envelope(node, "probe", "", (), b""))
         self.deaf_events = 0
         self.probes = 0  # probes the backend accepted
@@ -120,7 +125,8 @@ class Backplane:
     # Channels ------------------------------------------------------------------------------
 
     def room_channel(self, room: str) -> str:
-        return f"{self.prefix}:room:{room}"
+        # The room's tag: on a sharded backend its channel and keys share a shard.
+        return f"{self.prefix}:room:{{{room_tag(room)}}}:{room}"
 
     def user_channel(self, user_id: str) -> str:
         return f"{self.prefix}:user:{user_id}"
@@ -250,6 +256,7 @@ class Backplane:
         while self._running:
             try:
                 await self.backend.connect()
+                self._set_probe_channels()
                 self._active = set()
                 self._confirmed = set()
                 self._register |= self._local_ids  # the directory may have expired meanwhile
@@ -257,7 +264,8 @@ class Backplane:
                 await self._reconcile()
                 self.connected = True
                 self._heard = time.monotonic()
-                self._unanswered = 0.0
+                self._unanswered.clear()
+                self._answered.clear()
                 self.down.clear()
                 await self._check_positions()  # history may have moved on, or be gone
                 if down_since is not None:
@@ -308,20 +316,18 @@ class Backplane:
                 # what Redis sent may be unread yet. Judge on the next pass.
                 stalled, last_pass = now - last_pass > 2 * probe_every, now
                 if now >= probe_at:  # a probe to ourselves: quiet channels still speak
-                    self._enqueue(self.node_channel, self._probe, None)
+                    for channel in self._probe_channels:
+                        self._enqueue(channel, self._probe, None)
                     probe_at = now + probe_every
-                # Deaf: Redis accepted a probe deaf_after ago, and nothing was heard since.
-                silent = now - self._heard
-                if (
-                    not stalled
-                    and self._unanswered > self._heard
-                    and now - self._unanswered > self.deaf_after
-                ):
+                deaf = None if stalled else self._deaf(now)
+                if deaf is not None:
+                    silent = now - self._last_heard(deaf)
                     self.deaf_events += 1
                     self._log.error(
-                        "backend %r: deaf: nothing arrived on the subscription for %.1fs, not "
-                        "even this node's own probes (deaf_after=%.1fs); reconnecting",
+                        "backend %r: deaf: nothing arrived on %s for %.1fs, not even this "
+                        "node's own probes (deaf_after=%.1fs); reconnecting",
                         self.backend,
+                        "the subscription" if len(self._probe_channels) == 1 else deaf,
                         silent,
                         self.deaf_after,
                     )
@@ -362,6 +368,28 @@ class Backplane:
                 helper.add_done_callback(_retrieve)
             if self._running:
                 self._drop_pending("the backend connection was lost")
+
+    def _set_probe_channels(self) -> None:
+        """After a connect: one probe channel per backend connection (they may have moved)."""
+        shards = getattr(self.backend, "probe_channels", None)
+        channels = shards(self.node) if shards is not None else [self.node_channel]
+        self._wanted.difference_update(set(self._probe_channels) - {self.node_channel})
+        self._probe_channels = list(channels)
+        self._wanted.update(channels)
+
+    def _last_heard(self, channel: str) -> float:
+        # One connection: anything heard proves it alive. Several: only each one's probes do.
+        if len(self._probe_channels) == 1:
+            return self._heard
+        return self._answered.get(channel, 0.0)
+
+    def _deaf(self, now: float) -> str | None:
+        """A probe channel whose probe the backend accepted deaf_after ago, unheard since."""
+        for channel in self._probe_channels:
+            sent = self._unanswered.get(channel, 0.0)
+            if sent > self._last_heard(channel) and now - sent > self.deaf_after:
+                return channel
+        return None
 
     async def _reconcile(self) -> None:
         self._changed.clear()
@@ -453,6 +481,7 @@ class Backplane:
                 self._confirm(channel)
                 continue
             if payload == probe:
+                self._answered[channel] = self._heard
                 continue
             self.messages_in += 1
             try:
@@ -612,8 +641,8 @@ class Backplane:
                         self.messages_out += 1
                     else:
                         self.probes += 1
-                        if self._unanswered <= self._heard:  # the first one not answered yet
-                            self._unanswered = time.monotonic()
+                        if self._unanswered.get(channel, 0.0) <= self._last_heard(channel):
+                            self._unanswered[channel] = time.monotonic()  # the oldest unheard
                     if future is not None and not future.done():
                         future.set_result(count)
             self._flushed.set()
