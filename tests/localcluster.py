@@ -19,7 +19,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from .conftest import _wait_for_port, free_port, redis_server_binary
 
-__all__ = ["LocalCluster", "local_cluster", "raw_client", "raw_publish", "subscribers"]
+__all__ = ["LocalCluster", "keys", "local_cluster", "raw_client", "raw_publish", "subscribers"]
 
 
 def _cluster_port() -> int:
@@ -218,3 +218,10 @@ async def subscribers(client: Any, channel: str) -> int:
         reply = await client.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
         return int(dict(reply)[channel.encode()])  # redis-py pairs the reply up
     return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
+
+
+async def keys(client: Any, pattern: str) -> list[bytes]:
+    """KEYS on every master of a cluster, or on the one Redis."""
+    if isinstance(client, RedisCluster):
+        return list(await client.keys(pattern, target_nodes=RedisCluster.PRIMARIES))
+    return list(await client.keys(pattern))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -24,6 +23,8 @@ from fastapi_rooms.backends.redis import _HISTORY_APPEND, RedisBackend
 
 from .conftest import RedisServer, Server, running_nodes
 from .helpers import ADMIN, WAIT, http, next_event, open_ws, recv_json, wait_stats
+from .localcluster import keys as all_keys
+from .localcluster import raw_client
 from .test_multinode import redis_nodes
 
 pytestmark = pytest.mark.anyio
@@ -43,11 +44,19 @@ def prefix() -> str:
     return f"frhist-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    """One Redis, then a three-master cluster: history keeps its guarantees on both."""
+    name = "redis_url" if request.param == "redis" else "redis_cluster_url"
+    return str(request.getfixturevalue(name))
+
+
 @pytest.fixture(scope="module")
 def pair(
-    redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory
+    url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Server]]:
-    with running_nodes(tmp_path_factory.mktemp("hist"), nodes(redis_url, prefix)) as servers:
+    """Nodes a (uvicorn) and c (granian-rsgi) sharing rooms through the backend."""
+    with running_nodes(tmp_path_factory.mktemp("hist"), nodes(url, prefix)) as servers:
         yield servers
 
 
@@ -107,7 +116,7 @@ async def test_two_publishers_on_two_nodes_one_order_for_every_member(
 
 
 async def test_recovery_on_another_node_then_live(
-    pair: dict[str, Server], stack: AsyncExitStack, redis_url: str, prefix: str
+    pair: dict[str, Server], stack: AsyncExitStack, url: str, prefix: str
 ) -> None:
     r = room("race")
     leaver = await connect(stack, pair["a"])
@@ -134,15 +143,12 @@ async def test_recovery_on_another_node_then_live(
     await publish(publisher, r, "live")
     assert [(m["offset"], m["data"]) for m in await messages(back, 1)] == [(8, "live")]
 
-    client = aioredis.Redis.from_url(redis_url)
-    try:  # the room's keys are under the app's prefix, and expire (race: history_ttl=600)
-        keys = sorted(k.decode() for k in await client.keys(f"{prefix}:history:*{r}*"))
-        assert keys == sorted(RedisBackend(redis_url, prefix=prefix)._history_keys(r))
+    async with raw_client(url) as client:  # keys under the app's prefix, expiring (ttl 600)
+        keys = sorted(k.decode() for k in await all_keys(client, f"{prefix}:history:*{r}*"))
+        assert keys == sorted(RedisBackend(url, prefix=prefix)._history_keys(r))
         ttls = [await client.pttl(k) for k in keys]
         assert all(0 < ttl <= 600_000 for ttl in ttls), ttls
         assert await client.llen(keys[0]) == 8
-    finally:
-        await client.aclose()
 
 
 async def test_trimmed_history_is_not_recovered_and_replays_nothing(
@@ -207,7 +213,7 @@ async def test_a_publisher_racing_rejoins_on_both_nodes_leaves_no_gap_or_duplica
 
 
 async def test_a_message_that_never_arrived_closes_members_with_4000_to_recover(
-    pair: dict[str, Server], stack: AsyncExitStack, redis_url: str, prefix: str
+    pair: dict[str, Server], stack: AsyncExitStack, url: str, prefix: str
 ) -> None:
     """Redis has an offset this node never received (as after a dropped subscription): the
     heartbeat's position check notices and closes the room's members so they recover."""
@@ -216,9 +222,9 @@ async def test_a_message_that_never_arrived_closes_members_with_4000_to_recover(
     joined = await join(member, r)
     await publish(member, r, "one")
     assert [m["offset"] for m in await messages(member, 1)] == [1]
-    client = aioredis.Redis.from_url(redis_url)
-    try:  # a message numbered and kept by the real script, but published where nobody listens
-        backend = RedisBackend(redis_url, prefix=prefix)
+    # A message numbered and kept by the real script, but published where nobody listens.
+    async with raw_client(url) as client:
+        backend = RedisBackend(url, prefix=prefix)
         frame = json.dumps({"type": "message", "room": r, "from": None, "data": "lost"})
         frame = frame.replace(" ", "")[:-1] + ',"offset":'
         offset = await client.eval(
@@ -226,8 +232,6 @@ async def test_a_message_that_never_arrived_closes_members_with_4000_to_recover(
             f"{prefix}:nowhere", b"", frame, "}", 5, 60_000, 60_000, "unused",
         )  # fmt: skip
         assert offset == 2
-    finally:
-        await client.aclose()
     with pytest.raises(ConnectionClosed) as closed:
         await next_event(member, "message", 3 * WAIT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000

@@ -1,93 +1,47 @@
-"""Groundwork for Redis Cluster (issue 15): a real three-master cluster from redis-server on
-free loopback ports, and the room-history layout checked on it. Each room's history keys share
-one hash slot, so its atomic script runs on one shard; rooms spread over every shard."""
+"""Redis Cluster: the layout on a real three-master cluster (each room's keys and channel on one
+slot, rooms on every shard), the URL, and what a cluster does to a running app: a master killed
+and its replica promoted, a live room's slot resharded while messages flow. Nodes a (uvicorn)
+and c (granian-rsgi) are real processes; clients are the official Python client, which
+recovers by offset. (Delivery, presence and history on a cluster: test_multinode.py and
+test_history_redis.py run every test on both backends.)"""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
+import asyncio
+import contextlib
+import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
+from fastapi_rooms import RoomManager
+from fastapi_rooms.backends import backend_from_url
 from fastapi_rooms.backends.redis import _HISTORY_APPEND, _HISTORY_READ, RedisBackend
+from fastapi_rooms.backends.redis_cluster import RedisClusterBackend
+from fastapi_rooms.client import RoomsClient
 
-from .conftest import _wait_for_port, free_port, redis_server_binary
+from .conftest import Server, free_port, running_nodes
+from .helpers import WAIT, next_event, open_ws, recv_json, room_channel, wait_stats
+from .localcluster import LocalCluster, local_cluster, raw_client
+from .test_multinode import redis_nodes
 
 pytestmark = pytest.mark.anyio
 
 MASTERS = 3
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-def _cli() -> str:
-    return str(Path(redis_server_binary()).with_name("redis-cli"))
-
-
 @pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    """Three masters (no replicas), made with ``redis-cli --cluster create``; stopped by PID."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    ports = [_cluster_port() for _ in range(MASTERS)]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in ports:
-            log = (tmp / f"redis-{port}.log").open("ab")
-            procs.append(subprocess.Popen(
-                [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                 "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                stdout=log, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-            log.close()
-        for port, proc in zip(ports, procs, strict=True):
-            _wait_for_port(port, proc, timeout=10)
-        made = subprocess.run(
-            [_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        if made.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed:\n{made.stdout}{made.stderr}")
-        deadline = time.monotonic() + 20
-        while True:  # every master must agree the cluster is up
-            states = [
-                subprocess.run([_cli(), "-p", str(p), "cluster", "info"], capture_output=True,
-                               text=True, timeout=5).stdout
-                for p in ports
-            ]  # fmt: skip
-            if all("cluster_state:ok" in s for s in states):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster did not come up: {states}")
-            time.sleep(0.1)  # polling other processes' state: no event reaches us
-        yield ports
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+def redis_cluster(redis_cluster_url: str) -> list[int]:
+    return [int(hp.rsplit(":", 1)[1]) for hp in redis_cluster_url.split("//")[1].split(",")]
 
 
 @pytest.fixture
@@ -142,3 +96,223 @@ async def test_the_history_scripts_run_on_the_rooms_shard(
                 await node.delete(key)
         finally:
             await node.aclose()
+
+
+# The URL and the prefix --------------------------------------------------------------------
+
+
+def test_cluster_urls_are_parsed_and_bad_ones_refused() -> None:
+    backend = backend_from_url("redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001", prefix="x")
+    assert isinstance(backend, RedisClusterBackend)
+    assert backend._seeds == [("10.0.0.1", 7000), ("::1", 7001)]
+    assert backend._options["password"] == "p@ss" and backend._options["ssl"] is False
+    assert "p%40ss" not in repr(backend) and "***" in repr(backend)
+    assert backend_from_url("rediss+cluster://h:1")._options["ssl"] is True  # type: ignore[attr-defined]
+    for url, said in [
+        ("redis+cluster://", "no host:port"),
+        ("redis+cluster://h", "expected host:port"),
+        ("redis+cluster://h:port", "expected host:port"),
+        ("redis+cluster://h:1/3", "database 0 only"),
+        ("redis+cluster://h:1?timeout=3", "not the URL"),
+    ]:
+        with pytest.raises(ValueError, match=said):
+            backend_from_url(url)
+    with pytest.raises(ValueError, match="braces"):
+        RoomManager("redis+cluster://h:1", prefix="{app}")
+
+
+async def test_a_cluster_that_is_not_there_is_logged_and_not_ready(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = RoomManager(f"redis+cluster://127.0.0.1:{free_port()}", startup_timeout=0.5)
+    with caplog.at_level("ERROR", "fastapi_rooms"):
+        await manager.start()
+    try:
+        assert "Redis Cluster cannot be connected" in caplog.text
+        assert manager.stats()["backend"]["connected"] is False
+        assert manager.not_ready()
+    finally:
+        await manager.stop()
+
+
+async def test_each_room_channel_shares_its_keys_slot(cluster: RedisCluster) -> None:
+    prefix = f"frc-{uuid.uuid4().hex[:6]}"
+    backend = RedisBackend("redis://unused", prefix=prefix)
+    for room in ["chat:1", "a{b}c", "}{", "{x}", "ünï:😀", "a b"]:
+        keys = [*backend._history_keys(room), *backend._presence_keys(room)]
+        slots = {cluster.keyslot(k) for k in [*keys, room_channel(prefix, room)]}
+        assert len(slots) == 1, (room, slots)
+
+
+# A running app while the cluster changes -------------------------------------------------------
+
+
+def app_nodes(url: str, prefix: str) -> dict[str, Any]:
+    out = redis_nodes(url, prefix, {"a": "uvicorn", "c": "granian-rsgi"})
+    for _, _, env in out.values():
+        env["NODE_TTL"] = "1.5"  # a position check every half second
+    return out
+
+
+@dataclass
+class Stream:
+    """What one client received in a room: (offset, data) in order, and reloads asked."""
+
+    events: list[tuple[int, Any]] = field(default_factory=list)
+    reloads: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_message(self, event: dict[str, Any]) -> None:
+        self.events.append((event["offset"], event["data"]))
+        self.changed.set()
+
+    async def has(self, data: Any, within: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while all(d != data for _, d in self.events):
+                    self.changed.clear()
+                    await self.changed.wait()
+                return True
+        return False
+
+
+async def member(stack: AsyncExitStack, server: Server, room: str) -> tuple[RoomsClient, Stream]:
+    stream = Stream()
+    client = RoomsClient(
+        f"ws://127.0.0.1:{server.port}/ws", backoff=0.05, max_backoff=0.5,
+        ping_interval=None, on_reload=stream.reloads.append,
+    )  # fmt: skip
+    await stack.enter_async_context(client)
+    await client.join(room, stream.on_message)
+    return client, stream
+
+
+async def publish_through(
+    publisher: RoomsClient, echo: Stream, room: str, fault: Awaitable[Any]
+) -> tuple[int, int]:
+    """Publish 0, 1, 2, ... one at a time (each until its echo, or a second): 10, then more
+    while ``fault`` runs, then 20 after it; then "end", until it is numbered. Returns how many
+    were tried during the fault and in all."""
+    task: asyncio.Future[Any] | None = None
+    during = None
+    i = 0
+    try:
+        while during is None or i < 10 + during + 20:
+            if i == 10:
+                task = asyncio.ensure_future(fault)
+            if task is not None and task.done() and during is None:
+                during = i - 10
+            with contextlib.suppress(ConnectionError):  # refused while the node reconnects
+                await publisher.publish(room, i)
+                await echo.has(i, 1.0)
+            i += 1
+        assert task is not None
+        await task
+        while True:
+            with contextlib.suppress(ConnectionError):
+                await publisher.publish(room, "end")
+                if await echo.has("end", 1.0):
+                    return during, i
+    finally:
+        if task is not None:
+            task.cancel()
+
+
+async def history_in_redis(url: str, prefix: str, room: str) -> list[tuple[int, Any]]:
+    async with raw_client(url) as client:
+        frames = await client.lrange(RedisBackend(url, prefix=prefix)._history_keys(room)[1], 0, -1)
+    return [(m["offset"], m["data"]) for m in map(json.loads, frames)]
+
+
+def room_on(cluster: LocalCluster, prefix: str, slots: range) -> str:
+    """A history room whose slot is in ``slots``."""
+    for n in range(100_000):
+        room = f"race:{n}"
+        if key_slot(room_channel(prefix, room).encode()) in slots:
+            return room
+    raise LookupError(f"no room in slots {slots}")
+
+
+async def test_a_killed_master_s_replica_takes_over_and_no_member_misses_a_message(
+    tmp_path: Path,
+) -> None:
+    prefix = f"frfail-{uuid.uuid4().hex[:6]}"
+    with (
+        local_cluster(tmp_path, masters=3, replicas=1) as cluster,
+        running_nodes(tmp_path, app_nodes(cluster.url, prefix)) as servers,
+    ):
+        r = room_on(cluster, prefix, range(16384))
+        slot = key_slot(room_channel(prefix, r).encode())
+        doomed = cluster.owner(slot)
+        async with AsyncExitStack() as stack:
+            publisher, echo = await member(stack, servers["c"], r)
+            _, stream = await member(stack, servers["a"], r)
+            for i in range(5):
+                await publisher.publish(r, f"before-{i}")
+            assert await stream.has("before-4", WAIT)
+            # A third member leaves before the failover and comes back after it.
+            late = await stack.enter_async_context(open_ws(servers["a"], "/ws", max_queue=None))
+            await recv_json(late)
+            await late.send(json.dumps({"type": "join", "room": r}))
+            left_at = await next_event(late, "joined")
+            await late.close()
+
+            async def kill_and_wait() -> int:
+                cluster.kill(doomed)
+                return await anyio.to_thread.run_sync(cluster.wait_failover, doomed, slot)
+
+            during, tried = await publish_through(publisher, echo, r, kill_and_wait())
+            assert during > 0
+            assert await stream.has("end", 2 * WAIT)
+            for server in servers.values():
+                backend = await wait_stats(server, lambda s: s["connected"] and s["in_sync"])
+                assert backend["reconnects"] >= 1
+                assert "connection lost" in server.log()
+            # Every member saw every numbered message once, in offset order, as Redis kept them.
+            kept = await history_in_redis(cluster.url, prefix, r)
+            assert stream.events == echo.events == kept[kept.index(stream.events[0]) :]
+            offsets = [o for o, _ in stream.events]
+            assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+            assert stream.reloads == echo.reloads == []
+            assert tried > len([d for _, d in kept if isinstance(d, int)])  # some were refused
+            # The one who left recovers from the promoted replica by offset.
+            back = await stack.enter_async_context(open_ws(servers["c"], "/ws", max_queue=None))
+            await recv_json(back)
+            since = {"offset": left_at["offset"], "epoch": left_at["epoch"]}
+            await back.send(json.dumps({"type": "join", "room": r, "since": since}))
+            joined = await next_event(back, "joined")
+            assert joined["recovered"] is True and joined["epoch"] == left_at["epoch"]
+            missed = [
+                await next_event(back, "message") for _ in range(joined["offset"] - since["offset"])
+            ]
+            assert [(m["offset"], m["data"]) for m in missed] == [
+                e for e in kept if e[0] > since["offset"]
+            ]
+
+
+async def test_resharding_a_live_room_s_slot_loses_nothing(tmp_path: Path) -> None:
+    prefix = f"frmove-{uuid.uuid4().hex[:6]}"
+    with (
+        local_cluster(tmp_path, masters=3) as cluster,
+        running_nodes(tmp_path, app_nodes(cluster.url, prefix)) as servers,
+    ):
+        source = cluster.owner(0)
+        target = next(p for p in cluster.master_ports() if p != source)
+        moved = 40  # redis-cli moves the source's lowest slots: 0..39
+        r = room_on(cluster, prefix, range(moved))
+        slot = key_slot(room_channel(prefix, r).encode())
+        async with AsyncExitStack() as stack:
+            publisher, echo = await member(stack, servers["c"], r)
+            _, stream = await member(stack, servers["a"], r)
+            reshard = anyio.to_thread.run_sync(cluster.reshard, source, target, moved)
+            during, _ = await publish_through(publisher, echo, r, reshard)
+            assert during > 0  # messages flowed while the slot moved
+            assert cluster.owner(slot) == target
+            assert await stream.has("end", 2 * WAIT)
+            kept = await history_in_redis(cluster.url, prefix, r)
+            assert stream.events == echo.events == kept
+            assert [o for o, _ in kept] == list(range(1, len(kept) + 1))
+            assert stream.reloads == echo.reloads == []
+            for server in servers.values():
+                backend = await wait_stats(server, lambda s: s["connected"] and s["in_sync"])
+                assert backend["reconnects"] >= 1  # the slot's SUNSUBSCRIBE: resubscribed

@@ -113,8 +113,7 @@ class RedisClusterBackend(RedisBackend):
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self._seeds],
             require_full_coverage=True,  # a slot without a master: not connected, loudly
-            cluster_error_retry_attempts=0,  # the backplane retries, with backoff and logs
-            **self._options,
+            **self._options,  # retry: none; the backplane retries, with backoff and logs
         )
         shards: dict[str, tuple[aioredis.Redis, PubSub]] = {}
         try:
