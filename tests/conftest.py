@@ -37,22 +37,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout: float, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)  # polling the listening socket: the event we wait on has no other signal
-    raise TimeoutError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
+    raise TimeoutError(f"server did not listen on {host}:{port} within {timeout}s")
 
 
 @dataclass
 class Server:
-    """A server subprocess serving ``app`` (``module:attr``) on a loopback port."""
+    """A server subprocess serving ``app`` (``module:attr``) on a loopback port (or at ``host``
+    in a network namespace of the test's own)."""
 
     kind: str
     app: str
@@ -60,14 +63,15 @@ class Server:
     proc: subprocess.Popen[bytes]
     log_path: Path
     stopped: bool = field(default=False)
+    host: str = "127.0.0.1"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -93,28 +97,33 @@ def start_server(
     env: dict[str, str] | None = None,
     *extra: str,
     port: int | None = None,
+    netns: tuple[str, str] | None = None,
 ) -> Server:
-    """``port``: a fixed one (to restart a server where its clients reconnect)."""
+    """``port``: a fixed one (to restart a server where its clients reconnect). ``netns``:
+    (namespace, address) to serve inside a network namespace, reached at that address."""
     port = port or free_port()
+    bind, host = ("0.0.0.0", netns[1]) if netns else ("127.0.0.1", "127.0.0.1")
     if kind == "uvicorn":
-        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+        cmd = [sys.executable, "-m", "uvicorn", app, "--host", bind, "--port", str(port),
                "--log-level", "info", "--timeout-graceful-shutdown", "10", *extra]
     elif kind == "granian-rsgi":
-        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--host", bind,
                "--port", str(port), "--workers", "1", *extra, app]
     elif kind == "granian-asgi":
-        cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", bind,
                "--port", str(port), "--workers", "1", *extra, app]
     else:
         raise ValueError(f"unknown server kind {kind!r}")
+    if netns:
+        cmd = ["ip", "netns", "exec", netns[0], *cmd]  # exec in place: the PID is the server's
     log_path = tmp_path / f"{kind}-{port}.log"
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS), str(ROOT)]),
                 "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
-    server = Server(kind, app, port, proc, log_path)
+    server = Server(kind, app, port, proc, log_path, host=host)
     try:
-        _wait_for_port(port, proc, timeout=30)
+        _wait_for_port(port, proc, timeout=30, host=host)
     except BaseException:
         server.stop()
         raise RuntimeError(f"{kind} failed to start {app}:\n{server.log()}") from None

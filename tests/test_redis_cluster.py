@@ -158,12 +158,12 @@ def app_nodes(url: str, prefix: str) -> dict[str, Any]:
 class Stream:
     """What one client received in a room: (offset, data) in order, and reloads asked."""
 
-    events: list[tuple[int, Any]] = field(default_factory=list)
+    events: list[tuple[int | None, Any]] = field(default_factory=list)
     reloads: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_message(self, event: dict[str, Any]) -> None:
-        self.events.append((event["offset"], event["data"]))
+        self.events.append((event.get("offset"), event["data"]))  # no offset: no history
         self.changed.set()
 
     async def has(self, data: Any, within: float) -> bool:
@@ -179,7 +179,7 @@ class Stream:
 async def member(stack: AsyncExitStack, server: Server, room: str) -> tuple[RoomsClient, Stream]:
     stream = Stream()
     client = RoomsClient(
-        f"ws://127.0.0.1:{server.port}/ws", backoff=0.05, max_backoff=0.5,
+        f"{server.ws}/ws", backoff=0.05, max_backoff=0.5,
         ping_interval=None, on_reload=stream.reloads.append,
     )  # fmt: skip
     await stack.enter_async_context(client)

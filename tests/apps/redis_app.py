@@ -1,7 +1,8 @@
 """The rooms router on a Redis backend; one process of a multi-node test.
 
 Environment: ``REDIS_URL``, ``ROOMS_PREFIX`` (unique per test run), ``NODE_ID``, and
-``NODE_TTL`` (seconds; a heartbeat is a third of it), ``DEAF_AFTER`` (seconds).
+``NODE_TTL`` (seconds; a heartbeat is a third of it), ``DEAF_AFTER`` and ``IDLE_TIMEOUT``
+(seconds).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI
 
 from fastapi_rooms import RoomManager, WebSocket, create_rooms_router, get_manager
+from fastapi_rooms.policy import Limits
 from fastapi_rooms.rsgi import RSGIApp
 
 manager = RoomManager(
@@ -21,7 +23,10 @@ manager = RoomManager(
     node_ttl=float(os.environ.get("NODE_TTL") or 30),
     deaf_after=float(os.environ.get("DEAF_AFTER") or 3),
 )
-rooms = create_rooms_router(manager, insecure_rest=True)  # test app: REST open
+idle = os.environ.get("IDLE_TIMEOUT")
+rooms = create_rooms_router(  # test app: REST open
+    manager, insecure_rest=True, limits=Limits(idle_timeout=float(idle) if idle else None)
+)
 rooms.namespace("history:{name}", history_size=5, history_ttl=60)  # kept in Redis
 rooms.namespace("race:{name}", history_size=1000, history_ttl=600)
 
