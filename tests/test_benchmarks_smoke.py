@@ -265,3 +265,22 @@ def test_profile_burst_reports_where_the_time_goes(tmp_path: Path) -> None:
     assert "| package (own code) | share of samples |" in text
     shares = [float(m) for m in re.findall(r"\| ([\d.]+) % \|", text.split("| function")[0])]
     assert shares and abs(sum(shares) - 100) < 1.0, shares  # every sample counted once
+
+
+def test_cluster_benchmark_quick(tmp_path: Path) -> None:
+    """benchmarks/cluster.py --quick (S7 extended): one Redis and a three-master cluster, both
+    workloads; exit 0 only when every node got every message and none was dropped."""
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--quick", "--rounds", "1",
+         "--nodes", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert {(r["backend"], r["workload"]) for r in runs} == {
+        (b, w) for b in ("redis", "cluster") for w in ("fanout", "many-rooms")
+    }
+    assert all(r["complete"] and r["dropped"] == 0 and r["messages_per_s"] > 0 for r in runs)
+    assert all(len(r["redis_cpu_s"]) == (1 if r["backend"] == "redis" else 3) for r in runs)
+    assert "| many-rooms | 2 | 3-master cluster |" in proc.stdout

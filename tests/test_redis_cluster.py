@@ -316,3 +316,46 @@ async def test_resharding_a_live_room_s_slot_loses_nothing(tmp_path: Path) -> No
             for server in servers.values():
                 backend = await wait_stats(server, lambda s: s["connected"] and s["in_sync"])
                 assert backend["reconnects"] >= 1  # the slot's SUNSUBSCRIBE: resubscribed
+
+
+async def test_rooms_on_every_shard_reach_members_on_every_node(
+    redis_cluster_url: str, cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """Nine rooms, three on each master; members on a, b (uvicorn) and c (granian-rsgi); every
+    node publishes to every room: each member gets each room's messages once, in order."""
+    prefix = f"frspread-{uuid.uuid4().hex[:6]}"
+    by_master: dict[str, list[str]] = {}
+    for n in range(200):
+        room = f"race:spread{n}"
+        master = cluster.get_node_from_key(room_channel(prefix, room))
+        assert master is not None
+        if len(by_master.setdefault(master.name, [])) < 3:
+            by_master[master.name].append(room)
+    rooms = [r for group in by_master.values() for r in group]
+    assert len(by_master) == MASTERS and len(rooms) == 9
+    nodes = redis_nodes(redis_cluster_url, prefix)
+    with running_nodes(tmp_path, nodes) as servers:
+        async with AsyncExitStack() as stack:
+            members = {
+                name: await member(stack, server, rooms[0]) for name, server in servers.items()
+            }
+            streams: dict[tuple[str, str], Stream] = {}
+            for name, (client, first) in members.items():
+                streams[(name, rooms[0])] = first
+                for room in rooms[1:]:
+                    streams[(name, room)] = stream = Stream()
+                    await client.join(room, stream.on_message)
+            for i in range(5):
+                for name, (client, _) in members.items():
+                    for room in rooms:
+                        await client.publish(room, f"{name}-{i}")
+            for (name, room), stream in streams.items():
+                assert await stream.has("c-4", WAIT), (name, room)
+                assert await stream.has("a-4", WAIT) and await stream.has("b-4", WAIT)
+                offsets = [o for o, _ in stream.events]
+                assert offsets == list(range(1, 16)), (name, room, offsets)  # once, in order
+                by_sender = {s: [d for _, d in stream.events if d.startswith(s)] for s in "abc"}
+                assert all(v == [f"{s}-{i}" for i in range(5)] for s, v in by_sender.items())
+            for name in servers:  # one order per room: every member saw the same sequence
+                for room in rooms:
+                    assert streams[(name, room)].events == streams[("a", room)].events

@@ -281,3 +281,44 @@ async def test_a_busy_process_is_not_taken_for_a_deaf_backend() -> None:
         assert backplane.deaf_events == 0 and backplane.connected and backplane.reconnects == 0
     finally:
         await manager.stop()
+
+
+class _Shards(MemoryBackend):
+    """Two probe channels, as a cluster of two masters would have; one can be silenced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.silent: str | None = None
+
+    def probe_channels(self, node: str) -> list[str]:
+        return [f"probe:a:{node}", f"probe:b:{node}"]
+
+    async def listen(self) -> AsyncIterator[tuple[str, bytes | None]]:
+        async for channel, payload in super().listen():
+            if channel != self.silent:
+                yield channel, payload
+
+
+async def test_one_silent_shard_is_noticed_while_the_others_speak() -> None:
+    """With a probe channel per backend connection (one per cluster master), traffic on the
+    others does not hide a silent one."""
+    backend = _Shards()
+    manager = RoomManager(backend, deaf_after=0.6)
+    await manager.start()
+    backplane = manager.backplane
+    assert backplane is not None
+    try:
+        assert backplane.stats()["channels"] >= 2
+        backend.silent = f"probe:b:{manager.node_id}"
+
+        async def deaf() -> None:
+            while backplane.deaf_events == 0:  # noqa: ASYNC110 - a counter, no event to wait on
+                await asyncio.sleep(0.01)
+
+        started = time.monotonic()
+        await asyncio.wait_for(deaf(), WAIT)
+        assert time.monotonic() - started < 0.6 + 2 * 0.6 / 3 + 1.0  # the bound, and slack
+        backend.silent = None
+        await asyncio.wait_for(backplane.ready.wait(), WAIT)  # reconnected
+    finally:
+        await manager.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -85,7 +86,9 @@ class RedisClusterBackend(RedisBackend):
         super().__init__(url, prefix=prefix, timeout=timeout, **credentials, **options)
         self._shards: dict[str, tuple[aioredis.Redis, PubSub]] = {}  # master name -> pub/sub
         self._where: dict[str, str] = {}  # subscribed channel -> master name
-        self._leaving: set[str] = set()  # unsubscribed by us: their SUNSUBSCRIBE is expected
+        # SUNSUBSCRIBE replies still due for our own unsubscribes (a channel may be subscribed
+        # again before the reply to leaving it arrives); any other one is Redis's doing.
+        self._leaving: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"RedisClusterBackend({redact(self.url)!r}, prefix={self.prefix!r})"
@@ -95,11 +98,11 @@ class RedisClusterBackend(RedisBackend):
         cluster = self._connected_cluster()
         wanted = {n.name for n in cluster.get_primaries()}
         found: dict[str, str] = {}
-        i = 0
-        while len(found) < len(wanted):
+        for i in range(1 << 16):  # a master without slots is never found: bounded
             channel = f"{self.prefix}:probe:{{{i}}}:{node}"  # the prefix has no braces
             found.setdefault(_master(cluster, channel), channel)
-            i += 1
+            if len(found) == len(wanted):
+                break
         return [found[name] for name in sorted(found)]
 
     def _connected_cluster(self) -> RedisCluster:
@@ -143,7 +146,6 @@ class RedisClusterBackend(RedisBackend):
 
     async def subscribe(self, channel: str) -> None:
         name, pubsub = self._shard_of(channel)
-        self._leaving.discard(channel)
         self._where[channel] = name
         await pubsub.ssubscribe(channel)
 
@@ -151,7 +153,7 @@ class RedisClusterBackend(RedisBackend):
         name = self._where.pop(channel, None)
         if name is None or name not in self._shards:
             raise ConnectionError(f"{channel!r} is not subscribed on this connection")
-        self._leaving.add(channel)
+        self._leaving[channel] += 1
         await self._shards[name][1].sunsubscribe(channel)
 
     async def unregister(self, connection_ids: Iterable[str], node: str) -> None:
@@ -168,9 +170,10 @@ class RedisClusterBackend(RedisBackend):
         if not self._shards:
             raise ConnectionError("RedisClusterBackend is not connected")
         queue: asyncio.Queue[tuple[str, bytes | None] | Exception] = asyncio.Queue(_QUEUE)
-        readers = [
+        readers = [  # every master with slots has a subscription (a probe) by now
             asyncio.ensure_future(self._read(name, pubsub, queue))
             for name, (_, pubsub) in self._shards.items()
+            if pubsub.connection is not None
         ]
         try:
             while True:
@@ -200,8 +203,8 @@ class RedisClusterBackend(RedisBackend):
                     await queue.put((_text(message["channel"]), None))
                 elif kind == "sunsubscribe":
                     channel = _text(message["channel"])
-                    if channel in self._leaving:
-                        self._leaving.discard(channel)
+                    if self._leaving[channel] > 0:
+                        self._leaving[channel] -= 1
                         continue
                     raise ConnectionError(
                         f"master {name} ended the subscription to {channel!r} (its slot moved "
