@@ -3,6 +3,7 @@
 from .compat.gobstopper import WebSocketManager
 from .connection import Connection
 from .errors import (
+    BackendUnavailable,
     CloseCode,
     ConfigurationError,
     ConnectionClosed,
@@ -19,6 +20,7 @@ from .policy import Limits, RateLimiter
 from .websocket import WebSocket
 
 __all__ = [
+    "BackendUnavailable",
     "CloseCode",
     "ConfigurationError",
     "Connection",

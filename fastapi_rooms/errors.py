@@ -6,6 +6,7 @@ from enum import IntEnum
 from typing import Literal
 
 __all__ = [
+    "BackendUnavailable",
     "CloseCode",
     "ConfigurationError",
     "ConnectionClosed",
@@ -48,6 +49,11 @@ class ConnectionClosed(RoomsError, ConnectionError, RuntimeError):
         self.reason = reason
         detail = f": {reason}" if reason else ""
         super().__init__(f"WebSocket is closed (code {self.code}{detail})")
+
+
+class BackendUnavailable(RoomsError, ConnectionError):
+    """A message of a room with history was not sent: the backend that numbers it is
+    unreachable (or its queue is full), so no member, here or elsewhere, got it."""
 
 
 class MessageTooBig(RoomsError, ValueError):

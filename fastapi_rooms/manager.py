@@ -27,7 +27,7 @@ from .backplane import encode as encode_envelope
 from .backplane.envelope import numbered_prefix
 from .connection import Connection
 from .encoding import Frame, default_max_message_bytes, encode, json_dumps, oversize, room_name
-from .errors import CloseCode, ConfigurationError, JoinRefused, MessageTooBig
+from .errors import BackendUnavailable, CloseCode, ConfigurationError, JoinRefused, MessageTooBig
 from .history import History, HistoryPage, Position
 from .logs import NodeLogger
 from .namespaces import JoinPolicy, Namespace, NamespaceOptions, Namespaces
@@ -602,7 +602,8 @@ class RoomManager:
         ``data`` (a model instance or any JSON-able value) is validated against the room's
         namespace ``message`` type and encoded once; ``ValidationError`` when it does not fit.
         ``sender`` is the ``from`` its members see (None: the server). Returns how many took it.
-        With strict namespaces, a room matching none is a ValueError.
+        With strict namespaces, a room matching none is a ValueError. In a room with history
+        on a backend, ``BackendUnavailable`` when the backend cannot take it (nobody got it).
         """
         room = room_name(room)
         namespace = self.namespaces.resolve(room)
@@ -650,7 +651,10 @@ class RoomManager:
         item = Append(room, prefix, head, tail, size, ttl or 0.0, keep)
         # Every node, this one too, hands it on once the backend has numbered it.
         if not await backplane.append(backplane.room_channel(room), item):
-            return 0
+            raise BackendUnavailable(
+                f"the message to {room!r} was not sent: its history is kept by the backend, "
+                f"which is unreachable ({backplane.last_error or 'its queue is full'})"
+            )
         members = self._rooms.get(room, {})
         return len(members) - len(set(skip).intersection(members))
 

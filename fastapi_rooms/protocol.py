@@ -67,6 +67,7 @@ ErrorCode = Literal[
     "too_many_rooms",  # max_rooms_per_connection reached
     "room_full",  # the room's member limit reached
     "unknown_namespace",  # strict namespaces: the room matches none
+    "unavailable",  # a room with history whose backend is unreachable: not sent, try again
 ]
 
 

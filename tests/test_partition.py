@@ -96,12 +96,28 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
+class Errors:
+    """The ``error`` events a client got, in order."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def on_error(self, event: dict[str, Any]) -> None:
+        self.queue.put_nowait(event)
+
+    async def next(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.queue.get(), WAIT)
+
+
 async def client(
-    stack: AsyncExitStack, server: Server, *rooms: str
+    stack: AsyncExitStack, server: Server, *rooms: str, errors: Errors | None = None
 ) -> tuple[RoomsClient, dict[str, Stream]]:
     streams = {room: Stream() for room in rooms}
     # Pings every half second: the nodes close connections idle for IDLE_TIMEOUT.
-    rooms_client = RoomsClient(f"{server.ws}/ws", backoff=0.05, max_backoff=0.5, ping_interval=0.5)
+    rooms_client = RoomsClient(
+        f"{server.ws}/ws", backoff=0.05, max_backoff=0.5, ping_interval=0.5,
+        on_error=errors.on_error if errors else None,
+    )  # fmt: skip
     await stack.enter_async_context(rooms_client)
     for room in rooms:
         await rooms_client.join(room, streams[room].on_message)
@@ -119,7 +135,8 @@ async def test_a_node_cut_off_from_redis_goes_on_locally_then_recovers_every_mes
     n1, n2 = hosts.servers["n1"], hosts.servers["n2"]
     h, p = "race:cut", "plain"
     async with AsyncExitStack() as stack:
-        there, seen_there = await client(stack, n1, h, p)
+        errors_there = Errors()
+        there, seen_there = await client(stack, n1, h, p, errors=errors_there)
         _, seen_beside = await client(stack, n1, p)
         here, seen_here = await client(stack, n2, h)
         await here.publish(h, "warm")
@@ -138,6 +155,10 @@ async def test_a_node_cut_off_from_redis_goes_on_locally_then_recovers_every_mes
         assert noticed < DEAF_AFTER + 2 * DEAF_AFTER / 3 + 2.0, noticed  # the stated bound
         assert await readiness(n1) == 503
         assert await readiness(n2) == 200
+        # A room with history needs Redis to number a message: refused, and the sender told.
+        await there.publish(h, "numbered?")
+        refused = await errors_there.next()
+        assert refused["code"] == "unavailable" and h in refused["message"]
         # Meanwhile, the other side of the partition goes on: numbered by Redis, unseen by n1.
         for i in range(10):
             await here.publish(h, i)

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from fastapi_rooms import RoomManager
+from fastapi_rooms import BackendUnavailable, RoomManager
 from fastapi_rooms.backends import backend_from_url
 from fastapi_rooms.backends.redis import _HISTORY_APPEND, _HISTORY_READ, RedisBackend
 from fastapi_rooms.backends.redis_cluster import RedisClusterBackend
@@ -359,3 +359,19 @@ async def test_rooms_on_every_shard_reach_members_on_every_node(
             for name in servers:  # one order per room: every member saw the same sequence
                 for room in rooms:
                     assert streams[(name, room)].events == streams[("a", room)].events
+
+
+async def test_publishing_to_a_room_with_history_while_the_backend_is_down_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nobody can get a message the backend cannot number: the publisher is told, loudly."""
+    manager = RoomManager(f"redis+cluster://127.0.0.1:{free_port()}", startup_timeout=0.2)
+    manager.namespace("kept:{name}", history_size=10, history_ttl=60)
+    with caplog.at_level("CRITICAL", "fastapi_rooms"):
+        await manager.start()
+    try:
+        with pytest.raises(BackendUnavailable, match=r"kept:a.*unreachable.*Redis Cluster"):
+            await manager.publish("kept:a", {"n": 1})
+        assert await manager.publish("plain", {"n": 1}) == 0  # no history: local, at most once
+    finally:
+        await manager.stop()

@@ -9,7 +9,7 @@ import uuid
 
 from pydantic import ValidationError
 
-from ..errors import CloseCode, ConnectionClosed, JoinRefused, MessageTooBig
+from ..errors import BackendUnavailable, CloseCode, ConnectionClosed, JoinRefused, MessageTooBig
 from ..manager import RoomManager
 from ..policy import Limits, RateLimiter
 from ..protocol import (
@@ -209,5 +209,7 @@ async def _publish(
         )
     except MessageTooBig as exc:
         await websocket.send_text(_error("message_too_big", str(exc)))
+    except BackendUnavailable as exc:  # nobody got it: the client may send it again
+        await websocket.send_text(_error("unavailable", str(exc)))
     except ValueError as exc:  # NaN, Infinity: no browser could parse the message
         await websocket.send_text(_error("invalid_message", f"data: {exc}"))
