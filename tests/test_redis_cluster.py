@@ -359,6 +359,14 @@ async def test_rooms_on_every_shard_reach_members_on_every_node(
             for name in servers:  # one order per room: every member saw the same sequence
                 for room in rooms:
                     assert streams[(name, room)].events == streams[("a", room)].events
+            # One pub/sub connection per master and app node, holding that master's rooms.
+            for master in cluster.get_primaries():
+                listed = await cluster.execute_command(
+                    "CLIENT LIST", "TYPE", "pubsub", target_nodes=master
+                )
+                text = listed.decode() if isinstance(listed, bytes) else str(listed)
+                ours = [line for line in text.splitlines() if " ssub=0 " not in line]
+                assert len(ours) == len(servers), text
 
 
 async def test_publishing_to_a_room_with_history_while_the_backend_is_down_is_refused(
