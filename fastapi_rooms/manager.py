@@ -651,9 +651,13 @@ class RoomManager:
         item = Append(room, prefix, head, tail, size, ttl or 0.0, keep)
         # Every node, this one too, hands it on once the backend has numbered it.
         if not await backplane.append(backplane.room_channel(room), item):
+            why = (
+                f"which is unreachable ({backplane.last_error})"
+                if not backplane.connected
+                else f"whose queue is full ({backplane.max_pending} messages)"
+            )
             raise BackendUnavailable(
-                f"the message to {room!r} was not sent: its history is kept by the backend, "
-                f"which is unreachable ({backplane.last_error or 'its queue is full'})"
+                f"the message to {room!r} was not sent: its history is kept by the backend, {why}"
             )
         members = self._rooms.get(room, {})
         return len(members) - len(set(skip).intersection(members))

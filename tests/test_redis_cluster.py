@@ -364,9 +364,13 @@ async def test_rooms_on_every_shard_reach_members_on_every_node(
                 listed = await cluster.execute_command(
                     "CLIENT LIST", "TYPE", "pubsub", target_nodes=master
                 )
-                text = listed.decode() if isinstance(listed, bytes) else str(listed)
-                ours = [line for line in text.splitlines() if " ssub=0 " not in line]
-                assert len(ours) == len(servers), text
+                if isinstance(listed, (bytes, str)):  # RESP2: text; RESP3: parsed already
+                    text = listed.decode() if isinstance(listed, bytes) else listed
+                    listed = [
+                        dict(f.split("=", 1) for f in line.split()) for line in text.splitlines()
+                    ]
+                ours = [c for c in listed if str(c["ssub"]) != "0"]
+                assert len(ours) == len(servers), listed
 
 
 async def test_publishing_to_a_room_with_history_while_the_backend_is_down_is_refused(
@@ -383,3 +387,32 @@ async def test_publishing_to_a_room_with_history_while_the_backend_is_down_is_re
         assert await manager.publish("plain", {"n": 1}) == 0  # no history: local, at most once
     finally:
         await manager.stop()
+
+
+async def test_cluster_options_reach_the_cluster_client_and_not_the_pub_sub_connections(
+    redis_cluster_url: str,
+) -> None:
+    """RedisCluster-only options (here reinitialize_steps, dynamic_startup_nodes) are not
+    handed to each master's plain pub/sub connection, which would refuse them."""
+    backend = RedisClusterBackend(
+        redis_cluster_url, prefix=f"fropt-{uuid.uuid4().hex[:6]}",
+        reinitialize_steps=3, dynamic_startup_nodes=False,
+    )  # fmt: skip
+    await backend.connect()
+    try:
+        channel = room_channel(backend.prefix, "r")
+        for probe in backend.probe_channels("n"):
+            await backend.subscribe(probe)
+        await backend.subscribe(channel)
+        heard: list[tuple[str, bytes | None]] = []
+        async with asyncio.timeout(WAIT):
+            async for item in backend.listen():
+                heard.append(item)
+                if item == (channel, None):  # confirmed: publish, and hear it
+                    assert await backend.publish(channel, b"hi") == 1
+                if item == (channel, b"hi"):
+                    break
+        assert backend.heard_at(channel) is not None
+        assert backend.heard_at("never-subscribed") is None
+    finally:
+        await backend.disconnect()

@@ -293,7 +293,19 @@ class RedisBackend:
                     uuid.uuid4().hex[:16],
                 )
             replies = await pipe.execute(raise_on_error=False)
-        return [r if isinstance(r, aioredis.ResponseError) else int(r) for r in replies]
+        out: list[int | Exception] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if not self._refused(reply):
+                    raise reply  # the link or the cluster, not this item: reconnect
+                out.append(reply)
+            else:
+                out.append(int(reply))
+        return out
+
+    def _refused(self, error: Exception) -> bool:
+        """An error about the item itself (out of memory, a key of another type), not the link."""
+        return isinstance(error, aioredis.ResponseError)
 
     async def history_read(
         self, room: str, since: int, epoch: str | None, limit: int | None, ttl: float, keep: float

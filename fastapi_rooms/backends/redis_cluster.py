@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -23,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterError, MovedError, TryAgainError
 
 from .redis import RedisBackend, _append_script, _text, redact
 
@@ -32,6 +34,14 @@ _log = logging.getLogger("fastapi_rooms.backplane")
 
 _SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 _QUEUE = 10_000  # messages read from the shards, waiting for the backplane
+# RedisCluster's own options; the rest also go to each master's pub/sub connection.
+_CLUSTER_ONLY = frozenset({
+    "require_full_coverage", "read_from_replicas", "load_balancing_strategy",
+    "dynamic_startup_nodes", "reinitialize_steps", "cluster_error_retry_attempts",
+    "address_remap", "policy_resolver",
+})  # fmt: skip
+# Replies about the cluster's layout, not about a message: the node reconnects with the new one.
+_LAYOUT_ERRORS = (ClusterError, MovedError, AskError, TryAgainError)
 
 
 def _startup(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
@@ -73,6 +83,7 @@ class RedisClusterBackend(RedisBackend):
 
     _publish = "SPUBLISH"
     _append = _append_script("SPUBLISH")
+    sharded = True  # channels are named per shard: the backplane refuses a prefix with braces
 
     def __init__(
         self, url: str, *, prefix: str = "fastapi_rooms", timeout: float = 1.0, **options: Any
@@ -86,9 +97,11 @@ class RedisClusterBackend(RedisBackend):
         super().__init__(url, prefix=prefix, timeout=timeout, **credentials, **options)
         self._shards: dict[str, tuple[aioredis.Redis, PubSub]] = {}  # master name -> pub/sub
         self._where: dict[str, str] = {}  # subscribed channel -> master name
+        self._read_at: dict[str, float] = {}  # master name -> when its socket last gave a message
         # SUNSUBSCRIBE replies still due for our own unsubscribes (a channel may be subscribed
         # again before the reply to leaving it arrives); any other one is Redis's doing.
         self._leaving: Counter[str] = Counter()
+        self._queue: asyncio.Queue[tuple[str, bytes | None] | Exception] | None = None
 
     def __repr__(self) -> str:
         return f"RedisClusterBackend({redact(self.url)!r}, prefix={self.prefix!r})"
@@ -98,7 +111,7 @@ class RedisClusterBackend(RedisBackend):
         cluster = self._connected_cluster()
         wanted = {n.name for n in cluster.get_primaries()}
         found: dict[str, str] = {}
-        for i in range(1 << 16):  # a master without slots is never found: bounded
+        for i in range(1 << 17):  # tags {0}..{131071} reach all 16384 slots; bounded anyway
             channel = f"{self.prefix}:probe:{{{i}}}:{node}"  # the prefix has no braces
             found.setdefault(_master(cluster, channel), channel)
             if len(found) == len(wanted):
@@ -115,22 +128,29 @@ class RedisClusterBackend(RedisBackend):
         await self.disconnect()
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self._seeds],
-            require_full_coverage=True,  # a slot without a master: not connected, loudly
-            **self._options,  # retry: none; the backplane retries, with backoff and logs
+            # A slot without a master: not connected, loudly. Retries: none (in _options);
+            # the backplane retries, with backoff and logs.
+            **{"require_full_coverage": True, **self._options},
         )
+        remap = self._options.get("address_remap")
+        direct = {k: v for k, v in self._options.items() if k not in _CLUSTER_ONLY}
         shards: dict[str, tuple[aioredis.Redis, PubSub]] = {}
         try:
             await cluster.initialize()
             for master in cluster.get_primaries():
-                client = aioredis.Redis(host=master.host, port=int(master.port), **self._options)
+                host, port = master.host, int(master.port)
+                if remap is not None:
+                    host, port = remap((host, port))
+                # Only the pub/sub connection is opened, by the first SSUBSCRIBE (the probe).
+                client = aioredis.Redis(host=host, port=port, **direct)
                 shards[master.name] = (client, client.pubsub(ignore_subscribe_messages=False))
-                await client.ping()
         except BaseException:
             await _close(cluster, shards)
             raise
         self._client, self._shards = cluster, shards
         self._where.clear()
         self._leaving.clear()
+        self._read_at.clear()
 
     async def disconnect(self) -> None:
         cluster, shards = self._client, self._shards
@@ -156,6 +176,19 @@ class RedisClusterBackend(RedisBackend):
         self._leaving[channel] += 1
         await self._shards[name][1].sunsubscribe(channel)
 
+    def heard_at(self, channel: str) -> float | None:
+        """When the connection that carries ``channel`` last read anything; the time now while
+        messages wait for the backplane (it is behind, not the shard). None: not subscribed."""
+        name = self._where.get(channel)
+        if name is None:
+            return None
+        if self._queue is not None and not self._queue.empty():
+            return time.monotonic()
+        return self._read_at.get(name)
+
+    def _refused(self, error: Exception) -> bool:
+        return super()._refused(error) and not isinstance(error, _LAYOUT_ERRORS)
+
     async def unregister(self, connection_ids: Iterable[str], node: str) -> None:
         # One script per key: directory keys are spread over the slots.
         keys = [self._key(cid) for cid in connection_ids]
@@ -170,6 +203,9 @@ class RedisClusterBackend(RedisBackend):
         if not self._shards:
             raise ConnectionError("RedisClusterBackend is not connected")
         queue: asyncio.Queue[tuple[str, bytes | None] | Exception] = asyncio.Queue(_QUEUE)
+        self._queue = queue
+        now = time.monotonic()
+        self._read_at = {name: now for name in self._shards}
         readers = [  # every master with slots has a subscription (a probe) by now
             asyncio.ensure_future(self._read(name, pubsub, queue))
             for name, (_, pubsub) in self._shards.items()
@@ -182,6 +218,7 @@ class RedisClusterBackend(RedisBackend):
                     raise item
                 yield item
         finally:
+            self._queue = None
             for reader in readers:
                 reader.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
@@ -193,6 +230,7 @@ class RedisClusterBackend(RedisBackend):
         try:
             while True:
                 message = await pubsub.get_message(timeout=None)
+                self._read_at[name] = time.monotonic()
                 if message is None:
                     continue
                 kind = _text(message.get("type"))

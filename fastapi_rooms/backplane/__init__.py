@@ -77,6 +77,7 @@ class Backplane:
         self._probe_channels: list[str] = []
         self._unanswered: dict[str, float] = {}
         self._answered: dict[str, float] = {}
+        self._connected_at = 0.0
         self._probe = encode(Envelope(node, "probe", "", (), b""))
         self.deaf_events = 0
         self.probes = 0  # probes the backend accepted
@@ -91,6 +92,11 @@ class Backplane:
         self._in_flight = 0  # envelopes in the batch being written now
         self._flushed.set()
         self._writer_idle = False
+        if getattr(backend, "sharded", False) and ("{" in prefix or "}" in prefix):
+            raise ValueError(
+                f"on a sharded backend the prefix cannot hold braces (they would be every "
+                f"channel's hash tag, putting all rooms on one shard), got {prefix!r}"
+            )
         self.all_channel = f"{prefix}:all"
         self.node_channel = self.node_channel_of(node)
         self._wanted: set[str] = {self.all_channel, self.node_channel}
@@ -263,7 +269,7 @@ class Backplane:
                 self._presence_set.update(self._presence)
                 await self._reconcile()
                 self.connected = True
-                self._heard = time.monotonic()
+                self._heard = self._connected_at = time.monotonic()
                 self._unanswered.clear()
                 self._answered.clear()
                 self.down.clear()
@@ -378,10 +384,14 @@ class Backplane:
         self._wanted.update(channels)
 
     def _last_heard(self, channel: str) -> float:
-        # One connection: anything heard proves it alive. Several: only each one's probes do.
+        # One connection: anything heard proves it alive. Several: only what came on the
+        # probe channel's own connection does (the backend may know; else its probes).
         if len(self._probe_channels) == 1:
             return self._heard
-        return self._answered.get(channel, 0.0)
+        heard = self._answered.get(channel, self._connected_at)
+        heard_at = getattr(self.backend, "heard_at", None)
+        read = heard_at(channel) if heard_at is not None else None
+        return heard if read is None else max(heard, read)
 
     def _deaf(self, now: float) -> str | None:
         """A probe channel whose probe the backend accepted deaf_after ago, unheard since."""
