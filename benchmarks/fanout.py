@@ -1884,8 +1884,11 @@ def run_group(
                 print(f"  {variant}: {ctx.redis_error}", file=sys.stderr)
                 continue
             servers: list[Server] = []
+            # A prefix per variant and N: a room's history in Redis outlives the servers, and
+            # each comparison expects its offsets to start at 1.
+            prefix = f"{redis.prefix}-{variant}-n{cfg.n}" if redis is not None else ""
             env = (
-                {"FANOUT_REDIS_URL": redis.url, "FANOUT_REDIS_PREFIX": f"{redis.prefix}-{variant}"}
+                {"FANOUT_REDIS_URL": redis.url, "FANOUT_REDIS_PREFIX": prefix}
                 if redis is not None and variant in REDIS_VARIANTS
                 else None
             )

@@ -115,6 +115,24 @@ async def test_two_publishers_on_two_nodes_one_order_for_every_member(
     assert [d for d in order if d[0] == "c"] == [f"c{i}" for i in range(count)]
 
 
+async def test_history_survives_redis_forgetting_its_scripts(
+    pair: dict[str, Server], stack: AsyncExitStack, url: str
+) -> None:
+    """Appends send the script's SHA1 only; after SCRIPT FLUSH (an operator, a restore), the
+    node loads it again and the messages that hit NOSCRIPT are numbered, in order."""
+    r = room("race")
+    member = await connect(stack, pair["a"])
+    await join(member, r)
+    await publish(member, r, "before")
+    assert [m["offset"] for m in await messages(member, 1)] == [1]
+    async with raw_client(url) as client:
+        await client.script_flush()  # every master, on a cluster
+    for i in range(3):
+        await publish(member, r, i)
+    got = await messages(member, 3)
+    assert [(m["offset"], m["data"]) for m in got] == [(2, 0), (3, 1), (4, 2)]
+
+
 async def test_recovery_on_another_node_then_live(
     pair: dict[str, Server], stack: AsyncExitStack, url: str, prefix: str
 ) -> None:

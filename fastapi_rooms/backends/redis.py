@@ -6,6 +6,7 @@ retry on its own: the manager's backplane owns reconnection, backoff and logging
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -17,6 +18,7 @@ try:
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import NoScriptError
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "the Redis backend needs the 'redis' extra: pip install 'fastapi-rooms[redis]'"
@@ -203,6 +205,7 @@ class RedisBackend:
     ) -> None:
         self.url = url
         self.prefix = prefix
+        self._append_sha = hashlib.sha1(self._append.encode()).hexdigest()  # Redis's script id
         self._options = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -237,6 +240,7 @@ class RedisBackend:
         await self.disconnect()
         client = aioredis.Redis.from_url(self.url, **self._options)
         await client.ping()
+        await client.script_load(self._append)  # appends then send its SHA1 only
         # The pub/sub connection reads without a timeout; commands keep theirs.
         self._pubsub = client.pubsub(ignore_subscribe_messages=False)
         self._client = client
@@ -274,25 +278,30 @@ class RedisBackend:
     ) -> list[int | Exception]:
         """``publish_many``, each ``Append`` run by the history script in the same pipeline;
         an item Redis refused (out of memory, a key of another type) is its error."""
+        calls: dict[int, tuple[Any, ...]] = {}  # item index -> EVALSHA arguments
         async with self.client.pipeline(transaction=False) as pipe:
-            for channel, item in items:
+            for i, (channel, item) in enumerate(items):
                 if isinstance(item, bytes):
                     pipe.execute_command(self._publish, channel, item)
                     continue
-                pipe.eval(
-                    self._append,
-                    3,
-                    *self._history_keys(item.room),
-                    channel,
-                    item.prefix,
-                    item.head,
-                    item.tail,
-                    item.size,
-                    _ms(item.ttl),
-                    _ms(max(item.keep, item.ttl)),
+                calls[i] = args = (
+                    self._append_sha, 3, *self._history_keys(item.room), channel, item.prefix,
+                    item.head, item.tail, item.size, _ms(item.ttl), _ms(max(item.keep, item.ttl)),
                     uuid.uuid4().hex[:16],
-                )
-            replies = await pipe.execute(raise_on_error=False)
+                )  # fmt: skip
+                # The script by its SHA1 (loaded at connect, not resent). Through execute_command:
+                # redis-py's cluster pipeline blocks its evalsha(), as NOSCRIPT is ours to handle.
+                pipe.execute_command("EVALSHA", *args)
+            replies = list(await pipe.execute(raise_on_error=False))
+        lost = [i for i in calls if isinstance(replies[i], NoScriptError)]
+        if lost:  # Redis forgot the script (SCRIPT FLUSH): load it again, run those in order
+            await self.client.script_load(self._append)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i in lost:
+                    pipe.execute_command("EVALSHA", *calls[i])
+                again = await pipe.execute(raise_on_error=False)
+            for i, reply in zip(lost, again, strict=True):
+                replies[i] = reply
         out: list[int | Exception] = []
         for reply in replies:
             if isinstance(reply, Exception):

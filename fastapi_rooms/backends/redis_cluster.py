@@ -137,6 +137,7 @@ class RedisClusterBackend(RedisBackend):
         shards: dict[str, tuple[aioredis.Redis, PubSub]] = {}
         try:
             await cluster.initialize()
+            await cluster.script_load(self._append)  # on every master
             for master in cluster.get_primaries():
                 host, port = master.host, int(master.port)
                 if remap is not None:
