@@ -284,3 +284,14 @@ def test_cluster_benchmark_quick(tmp_path: Path) -> None:
     assert all(r["complete"] and r["dropped"] == 0 and r["messages_per_s"] > 0 for r in runs)
     assert all(len(r["redis_cpu_s"]) == (1 if r["backend"] == "redis" else 3) for r in runs)
     assert "| many-rooms | 2 | 3-master cluster |" in proc.stdout
+
+
+def test_history_script_benchmark_reports_both_calls() -> None:
+    """benchmarks/history_script.py --rounds 1: EVAL and EVALSHA rows with positive numbers."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "history_script.py"), "--rounds", "1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = dict(re.findall(r"^\| (EVAL|EVALSHA) \| ([0-9.]+)k \|", proc.stdout, re.MULTILINE))
+    assert set(rows) == {"EVAL", "EVALSHA"} and all(float(v) > 0 for v in rows.values())
