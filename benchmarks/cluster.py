@@ -97,16 +97,14 @@ def backend(kind: str, tmp: Path) -> Any:
             yield cluster.url, [cluster.procs[p].pid for p in cluster.master_ports()]
 
 
-SCALE = 1.0  # --quick: a fiftieth
-
-
-def workload(name: str, k: int) -> tuple[list[str], int, list[list[list[Any]]], int]:
-    """(rooms, members per room per node, what each node publishes, messages in all)."""
+def workload(name: str, k: int, scale: float) -> tuple[list[str], int, list[list[list[Any]]], int]:
+    """(rooms, members per room per node, what each node publishes, messages in all);
+    ``scale`` multiplies the message counts (--quick: a fiftieth)."""
     if name == "fanout":
-        n = int(4000 * SCALE)
+        n = int(4000 * scale)
         return ["fan"], 250, [[["fan", n]]] + [[] for _ in range(k - 1)], n
     rooms = [f"room-{i}" for i in range(1000)]
-    total = int(60_000 * SCALE)
+    total = int(60_000 * scale)
     share = total // k
     plans = []
     for node in range(k):
@@ -118,7 +116,7 @@ def workload(name: str, k: int) -> tuple[list[str], int, list[list[list[Any]]], 
     return rooms, 1, plans, share * k
 
 
-def run_config(kind: str, k: int, rounds: int, tmp: Path) -> list[dict[str, Any]]:
+def run_config(kind: str, k: int, rounds: int, scale: float, tmp: Path) -> list[dict[str, Any]]:
     results = []
     with backend(kind, tmp) as (url, pids), ExitStack() as stack:
         prefix = f"bench-{uuid.uuid4().hex[:6]}"
@@ -128,7 +126,7 @@ def run_config(kind: str, k: int, rounds: int, tmp: Path) -> list[dict[str, Any]
                 node = Node(url, f"{prefix}-{wname}", f"n{i}")
                 stack.callback(node.stop)
                 nodes.append(node)
-            rooms, members, plans, total = workload(wname, k)
+            rooms, members, plans, total = workload(wname, k, scale)
             for node in nodes:
                 node.send({"cmd": "setup", "rooms": rooms, "members": members})
             for node in nodes:
@@ -192,16 +190,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1/50 of the messages")
     args = parser.parse_args()
-    if args.quick:
-        global SCALE
-        SCALE = 0.02
+    scale = 0.02 if args.quick else 1.0
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in (int(n) for n in args.nodes.split(",")):
             for kind in ("redis", "cluster"):
                 sub = Path(tmp) / f"{kind}-{k}"
                 sub.mkdir()
-                results += run_config(kind, k, args.rounds, sub)
+                results += run_config(kind, k, args.rounds, scale, sub)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"\n{machine}; {time.strftime('%Y-%m-%d')}\n\n{table(results)}")
     if args.json:

@@ -17,6 +17,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from fastapi_rooms.backends.redis_cluster import _startup
+
 from .conftest import _wait_for_port, free_port, redis_server_binary
 
 __all__ = ["LocalCluster", "keys", "local_cluster", "raw_client", "raw_publish", "subscribers"]
@@ -193,8 +195,8 @@ def local_cluster(tmp: Path, masters: int = 3, replicas: int = 0) -> Iterator[Lo
 async def raw_client(url: str) -> AsyncIterator[Any]:
     """A redis-py client of a ``redis://`` or ``redis+cluster://`` URL (closed after)."""
     if url.startswith("redis+cluster://"):
-        seeds = [hp.rsplit(":", 1) for hp in url.split("//", 1)[1].split(",")]
-        client: Any = RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, p in seeds])
+        seeds, _ = _startup(url)
+        client: Any = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds])
         await client.initialize()
     else:
         client = aioredis.Redis.from_url(url)

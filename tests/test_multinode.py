@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from fastapi_rooms.backends.redis_cluster import _startup
+
 from .conftest import Node, RedisServer, Server, app_for, redis_server_binary, running_nodes
 from .helpers import (
     ADMIN,
@@ -237,8 +239,8 @@ async def test_malformed_envelopes_from_redis_cli_are_counted_and_dropped(
         b'FR1\x00\x1c{"o":"n","k":"room","t":"r"}\xff',
     ]
     if backend_url.startswith("redis+cluster://"):  # -c: follow MOVED to the channel's shard
-        seed = backend_url.split("//")[1].split(",")[0].rsplit(":", 1)[1]
-        command = ["-c", "-p", seed, "-x", "SPUBLISH"]
+        seed = _startup(backend_url)[0][0][1]
+        command = ["-c", "-p", str(seed), "-x", "SPUBLISH"]
     else:
         command = ["-u", backend_url, "-x", "PUBLISH"]
     for channel in (room_channel(cluster_prefix, "hostile"), f"{cluster_prefix}:all"):

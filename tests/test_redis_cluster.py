@@ -26,7 +26,7 @@ from redis.crc import key_slot
 from fastapi_rooms import BackendUnavailable, RoomManager
 from fastapi_rooms.backends import backend_from_url
 from fastapi_rooms.backends.redis import _HISTORY_APPEND, _HISTORY_READ, RedisBackend
-from fastapi_rooms.backends.redis_cluster import RedisClusterBackend
+from fastapi_rooms.backends.redis_cluster import RedisClusterBackend, _startup
 from fastapi_rooms.client import RoomsClient
 
 from .conftest import Server, free_port, running_nodes
@@ -41,7 +41,7 @@ MASTERS = 3
 
 @pytest.fixture(scope="module")
 def redis_cluster(redis_cluster_url: str) -> list[int]:
-    return [int(hp.rsplit(":", 1)[1]) for hp in redis_cluster_url.split("//")[1].split(",")]
+    return [port for _, port in _startup(redis_cluster_url)[0]]
 
 
 @pytest.fixture
