@@ -112,9 +112,11 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-BROWSER_TESTS = (
+BROWSER_TESTS = (  # every test taking the chromium fixture (tests/test_dev.py keeps this true)
+    "tests/test_admin.py::test_the_page_in_chromium",
     "tests/test_asyncapi.py::test_the_page_renders_channels_and_messages_in_chromium",
     "tests/test_chat_browser.py::test_a_page_that_lost_its_connection_misses_nothing",
+    "tests/test_chat_browser.py::test_a_page_whose_server_restarted_recovers_from_redis",
 )
 
 

@@ -578,7 +578,8 @@ class RoomManager:
 
         Returns without waiting for any socket: a member with a full buffer gets the overflow
         policy. ``exclude`` is an id or ids to skip (for example the sender). A Pydantic model
-        sent to a room whose namespace declares a ``message`` type must be valid as that type.
+        sent to a room whose namespace declares a ``message`` type must be valid as that type
+        (ValueError otherwise, and with strict namespaces for a room matching none).
         """
         room = room_name(room)
         if isinstance(message, BaseModel):
@@ -791,7 +792,9 @@ class RoomManager:
     def _checked(self, room: str, message: BaseModel) -> Any:
         """A model sent to ``room``, validated against its namespace's ``message`` type."""
         namespace = self.namespaces.resolve(room)
-        if namespace is None or namespace.adapter is None:
+        if namespace is None:
+            raise ValueError(f"room {room!r} matches no namespace, and namespaces are strict")
+        if namespace.adapter is None:
             return message
         try:  # its fields, not the instance (which Pydantic would take as it is)
             namespace.adapter.validate_python(message.model_dump())

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict
 from pydantic import BaseModel, TypeAdapter
 
 from .errors import ConfigurationError, JoinRefused
+from .protocol import MAX_ROOM_NAME
 
 __all__ = [
     "JoinPolicy",
@@ -248,13 +249,29 @@ class Namespaces:
         self._declared: list[Namespace] = []
 
     def add(self, namespace: Namespace) -> Namespace:
-        shape = _PLACEHOLDER.sub("{}", namespace.pattern)
+        """Declare ``namespace`` after the others; ConfigurationError if it could never match."""
+        pattern = namespace.pattern
+        shortest = len(_PLACEHOLDER.sub("x", pattern)) if pattern != "*" else 1
+        if shortest > MAX_ROOM_NAME:
+            raise ConfigurationError(
+                f"namespace {pattern[:60]!r}... could never match: its rooms would be at least "
+                f"{shortest} characters long, and room names have at most {MAX_ROOM_NAME}"
+            )
+        shape = _PLACEHOLDER.sub("{}", pattern)
+        literal = _PLACEHOLDER.search(pattern) is None and pattern != "*"
         for other in self._declared:
-            if _PLACEHOLDER.sub("{}", other.pattern) == shape:
-                raise ConfigurationError(
-                    f"namespace {namespace.pattern!r} is declared twice (as {other.pattern!r}): "
-                    "the second could never match"
-                )
+            if other.pattern == "*":
+                why = "'*' before it takes every room"
+            elif _PLACEHOLDER.sub("{}", other.pattern) == shape:
+                why = f"it is declared twice (as {other.pattern!r})"
+            elif literal and other.regex.match(pattern) is not None:
+                why = f"the room {pattern!r} already matches {other.pattern!r}, declared before"
+            else:
+                continue
+            raise ConfigurationError(
+                f"namespace {pattern!r} could never match: {why}; a room takes the first "
+                "namespace it matches, so declare the narrower pattern first"
+            )
         self._declared.append(namespace)
         return namespace
 

@@ -13,7 +13,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -24,11 +24,17 @@ from pydantic import BaseModel
 
 from fastapi_rooms import create_rooms_router
 from fastapi_rooms.fastapi.asyncapi import get_asyncapi_html
+from fastapi_rooms.protocol import ClientEvent, ServerEvent
 
 from .conftest import Server, running, server_fixture
 from .helpers import WAIT
 
 server = server_fixture("namespace_app", "asyncapi")
+
+
+def events(union: Any) -> list[type[BaseModel]]:
+    """The models of a discriminated union such as ``ServerEvent``."""
+    return list(get_args(get_args(union)[0]))
 
 
 def validate(tools: Path, document: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
@@ -71,9 +77,16 @@ def test_the_document_describes_the_protocol_namespaces_and_handlers(server: Ser
     messages, schemas = document["components"]["messages"], document["components"]["schemas"]
     rooms = channels["rooms"]
     assert rooms["address"] == "/ws"
-    client = {"join", "leave", "publish", "ping"}
-    server_events = {"welcome", "joined", "left", "message", "presence", "pong", "error"}
+    # every event of the protocol's unions, so a new event cannot be left out of the document
+    client = {model.model_fields["type"].annotation.__args__[0] for model in events(ClientEvent)}
+    server_events = {
+        model.model_fields["type"].annotation.__args__[0] for model in events(ServerEvent)
+    }
+    assert {"join", "publish", "shutdown", "error"} <= client | server_events
     assert client | server_events <= set(rooms["messages"])
+    sent = {m["$ref"].rsplit("/", 1)[1] for op in operations.values() if op["action"] == "send"
+            for m in op["messages"]}  # fmt: skip
+    assert server_events <= sent
     # each namespace: a publish message with its model, unless it is server-only
     assert "publish.chat" in messages and "publish.ticker" not in messages
     assert "publish.vip" in messages and "message.ticker" in messages
@@ -86,9 +99,17 @@ def test_the_document_describes_the_protocol_namespaces_and_handlers(server: Ser
     assert set(schemas["ChatMessage"]["required"]) == {"text"}
     assert schemas["ErrorEvent"]["properties"]["code"]["enum"][0] == "invalid_message"
     publish_refs = {m["$ref"].rsplit("/", 1)[1] for m in operations["receivePublish"]["messages"]}
-    assert publish_refs == {"publish", "publish.chat", "publish.vip", "publish.slow",
-                            "publish.duo", "publish.nums", "publish.tree",
-                            "publish.history", "publish.race"}
+    assert publish_refs == {
+        "publish",
+        "publish.chat",
+        "publish.vip",
+        "publish.slow",
+        "publish.duo",
+        "publish.nums",
+        "publish.tree",
+        "publish.history",
+        "publish.race",
+    }
     assert operations["receiveJoin"]["action"] == "receive"
     assert {m["$ref"] for m in operations["receiveJoin"]["reply"]["messages"]} == {
         "#/channels/rooms/messages/joined",

@@ -384,3 +384,8 @@ def test_the_quickstart_names_every_event_and_error_code_of_the_protocol() -> No
     missing = [t for t in types if f'"type": "{t}"' not in section]
     missing += [c for c in get_args(protocol.ErrorCode) if f"`{c}`" not in section]
     assert not missing, f"quickstart.md's ready endpoint section does not name {missing}"
+    namespaces = (DOCS / "namespaces.md").read_text(encoding="utf-8")
+    section = namespaces[namespaces.index("## The protocol as types") :]
+    missing = [m.__name__ for m in models if f"`{m.__name__}`" not in section]
+    missing += [c for c in get_args(protocol.ErrorCode) if f"`{c}`" not in section]
+    assert not missing, f"namespaces.md's protocol section does not name {missing}"

@@ -98,6 +98,33 @@ def test_the_first_declared_match_wins_and_unmatched_rooms_take_the_defaults() -
         manager.namespace("chat:{other}")  # the same rooms under another placeholder name
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "why"),
+    [
+        ("*", "chat:{name}", "'\\*' before it takes every room"),
+        ("{any}", "lobby", "the room 'lobby' already matches '{any}'"),
+        ("chat:{name}", "chat:lobby", "the room 'chat:lobby' already matches"),
+        ("lobby", "x" * 201, "at least 201 characters long"),
+        ("lobby", "a{b}" + "c" * 199, "at least 201 characters long"),
+    ],
+)
+def test_a_pattern_that_could_never_match_is_refused(first: str, second: str, why: str) -> None:
+    manager = RoomManager()
+    manager.namespace(first)
+    with pytest.raises(ConfigurationError, match=f"could never match: .*{why}"):
+        manager.namespace(second)
+    assert [n.pattern for n in manager.namespaces] == [first]  # nothing half-declared
+
+
+def test_narrower_patterns_first_are_accepted() -> None:
+    manager = RoomManager()
+    for pattern in ("chat:lobby", "lobby", "x" * 200, "chat:{name}", "{any}", "*"):
+        manager.namespace(pattern)
+    assert manager.namespaces.resolve("chat:lobby").pattern == "chat:lobby"  # type: ignore[union-attr]
+    assert manager.namespaces.resolve("chat:a").pattern == "chat:{name}"  # type: ignore[union-attr]
+    assert manager.namespaces.resolve("a:b:c").pattern == "*"  # type: ignore[union-attr]
+
+
 def test_the_managers_default_options_are_the_default_namespace() -> None:
     manager = RoomManager()
     manager.presence_events = True
@@ -160,8 +187,9 @@ async def test_server_side_publish_and_broadcast_are_checked_against_the_namespa
     with pytest.raises(ValueError, match="takes Chat, got Other"):
         await manager.broadcast_to_room("chat:a", Other(value=1))
     assert await manager.broadcast_to_room("chat:a", Chat(text="raw")) == 1
-    ws = WebSocket({"type": "websocket", "path": "/t"}, FakePeer().receive, FakePeer().send,
-                   accepted=True)
+    ws = WebSocket(
+        {"type": "websocket", "path": "/t"}, FakePeer().receive, FakePeer().send, accepted=True
+    )
     async with manager.connect(ws) as conn:
         manager.join_room(conn.id, "chat:a")
         assert await conn.publish("chat:a", {"text": "from a connection"}, exclude_self=True) == 1

@@ -60,9 +60,11 @@ async def join(ws: ClientConnection, room: str, expect: str = "joined") -> dict[
 
 
 async def nothing_but(ws: ClientConnection, marker: dict[str, Any], room: str) -> None:
-    """The next message ``ws`` gets in ``room`` is ``marker``: nothing was delivered before it."""
+    """The next message ``ws`` gets in ``room`` is ``marker``: nothing was delivered before it,
+    and no error."""
     while True:
         got = await event(ws)
+        assert got["type"] != "error", f"an error came before the marker: {got}"
         if got["type"] == "message" and got["room"] == room:
             assert got["data"] == marker, f"something else was delivered first: {got}"
             return
@@ -129,15 +131,17 @@ async def test_hostile_input_gets_a_small_clear_error_and_the_connection_lives(
         await join(mallory, name)
         await join(bob, name)
         # 100 000 nested arrays (200 KB): the parser's depth limit, not a crash
-        await mallory.send('{"type":"publish","room":"' + name + '","data":' + "[" * 100_000
-                           + "]" * 100_000 + "}")
+        await mallory.send(
+            '{"type":"publish","room":"' + name + '","data":' + "[" * 100_000 + "]" * 100_000 + "}"
+        )
         error = await event(mallory)
         while error["type"] == "presence":
             error = await event(mallory)
         assert error["code"] == "invalid_message" and "recursion" in error["message"], error
         # a 300 000-character field name: the error names it, cut short, without echoing it
-        await mallory.send(json.dumps({"type": "publish", "room": name, "data": {"text": "x"},
-                                       "k" * 300_000: 1}))
+        await mallory.send(
+            json.dumps({"type": "publish", "room": name, "data": {"text": "x"}, "k" * 300_000: 1})
+        )
         raw = await recv_text(mallory)
         assert len(raw) < 2_000, len(raw)
         error = json.loads(raw)
@@ -173,24 +177,28 @@ async def test_a_server_only_namespace_refuses_clients_and_takes_server_models(
 ) -> None:
     symbol = uuid.uuid4().hex[:6]
     name = f"ticker:{symbol}"
-    async with await member(server, "alice") as alice:
+    async with await member(server, "alice") as alice, await member(server, "bob") as bob:
         await join(alice, name)
+        await join(bob, name)
         await send_json(alice, {"type": "publish", "room": name, "data": {"price": 1.0}})
         error = await event(alice)
+        while error["type"] == "presence":
+            error = await event(alice)
         assert error["code"] == "publish_forbidden" and "server only" in error["message"]
         async with httpx.AsyncClient(base_url=server.http, timeout=WAIT) as http:
             wrong = await http.post(f"/wrong-model/{symbol}")
             assert wrong.status_code == 422
             assert "takes Tick, got ChatMessage" in wrong.json()["detail"]
             ok = await http.post(f"/tick/{symbol}", json={"price": "101.5"})
-            assert ok.json() == {"delivered": 1}
-        got = await event(alice)
-        assert got == {
-            "type": "message",
-            "room": name,
-            "from": None,
-            "data": {"price": 101.5, "volume": 0},
-        }
+            assert ok.json() == {"delivered": 2}
+            raw = await http.post(f"/raw-tick/{symbol}", json={"price": 7, "volume": 3})
+            assert raw.json() == {"delivered": 2}
+        tick = {"price": 101.5, "volume": 0}
+        # bob saw neither the refused publish nor the wrong model: the tick comes first
+        await nothing_but(bob, tick, name)
+        await nothing_but(alice, tick, name)
+        for ws in (alice, bob):  # broadcast_to_room(model): its JSON as the app's own frame
+            assert json.loads(await recv_text(ws)) == {"price": 7.0, "volume": 3}
 
 
 async def test_a_publish_policy_decides_per_user(server: Server) -> None:
@@ -241,12 +249,18 @@ async def test_rooms_outside_namespaces_follow_the_defaults(server: Server) -> N
 
 
 async def test_strict_namespaces_refuse_unmatched_rooms(strict_server: Server) -> None:
-    async with await member(strict_server, "alice") as alice:
-        for name in ("lobby", "chat:", "ticker:abc"):
-            error = await join(alice, name, expect="error")
+    async with (
+        await member(strict_server, "alice") as alice,
+        await member(strict_server, "bob") as bob,
+    ):
+        name = room("chat")
+        await join(bob, name)
+        for refused in ("lobby", "chat:", "ticker:abc"):
+            error = await join(alice, refused, expect="error")
             assert error["code"] == "unknown_namespace"
             assert "'chat:{name}'" in error["message"], error
-        name = room("chat")
         await join(alice, name)
         await send_json(alice, {"type": "publish", "room": name, "data": {"text": "ok"}})
         assert (await event(alice))["data"] == {"text": "ok", "reply_to": None}
+        # bob, in the room all along, saw the message and nothing of alice's refusals
+        await nothing_but(bob, {"text": "ok", "reply_to": None}, name)

@@ -33,6 +33,7 @@ from ..protocol import (
     Pong,
     PresenceEvent,
     Publish,
+    Shutdown,
     Welcome,
 )
 
@@ -55,6 +56,7 @@ _SERVER_EVENTS: tuple[type[BaseModel], ...] = (
     MessageEvent,
     PresenceEvent,
     Pong,
+    Shutdown,
     ErrorEvent,
 )
 #: Client events and what may answer them (a publish is answered only when it is refused).
@@ -187,7 +189,7 @@ def get_asyncapi(
                 "channel": {"$ref": f"#/channels/{_READY}"},
                 "messages": [{"$ref": f"#/channels/{_READY}/messages/{r}"} for r in replies],
             }
-        for key in ("welcome", "joined", "left", "presence", "pong", "error"):
+        for key in ("welcome", "joined", "left", "presence", "pong", "shutdown", "error"):
             operations[_operation_id(key, False)] = _operation(False, _READY, [key], [])
         if message_keys:
             operations["sendMessage"] = _operation(False, _READY, message_keys, [])

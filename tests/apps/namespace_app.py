@@ -5,7 +5,8 @@
   members), ``nums:{name}`` (``list[int]``), ``tree:{name}`` (a recursive model),
   ``history:{name}`` (5 messages kept), ``race:{name}`` (1000 kept); other rooms follow the
   defaults. ``?user=`` names the user. ``POST /tick/{symbol}``
-  publishes a model from the server; ``POST /wrong-model/{symbol}`` sends the wrong one.
+  publishes a model from the server, ``POST /raw-tick/{symbol}`` broadcasts it as a raw
+  frame; ``POST /wrong-model/{symbol}`` sends the wrong one.
   ``/ws/echo/<int:n>`` is a Gobstopper-style handler declaring its payloads; ``/self-hosted``
   renders the AsyncAPI page from the AsyncAPI React component under ``ASYNCAPI_ASSETS``.
 - ``strict_app``: strict namespaces, only ``chat:{name}``.
@@ -94,6 +95,11 @@ def make_app(strict: bool = False) -> FastAPI:
     @app.post("/tick/{symbol}")
     async def tick(symbol: str, body: Tick, manager: Manager) -> dict[str, int]:
         return {"delivered": await manager.publish(f"ticker:{symbol}", body)}
+
+    @app.post("/raw-tick/{symbol}")
+    async def raw_tick(symbol: str, body: Tick, manager: Manager) -> dict[str, int]:
+        """A model as the app's own frame (broadcast_to_room): checked, encoded once."""
+        return {"delivered": await manager.broadcast_to_room(f"ticker:{symbol}", body)}
 
     @app.post("/wrong-model/{symbol}")
     async def wrong_model(symbol: str, manager: Manager) -> dict[str, int]:
