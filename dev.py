@@ -170,9 +170,11 @@ def test(args: list[str]) -> None:
 
 
 def bench(args: list[str]) -> None:
-    """Every scenario, then docs/benchmarks.md; ``bench fanout ...`` runs fanout.py alone."""
-    if args and args[0] == "fanout":
-        run(PY, "benchmarks/fanout.py", *args[1:])
+    """Every scenario, then docs/benchmarks.md; ``bench s8 --n 20000`` runs one scenario
+    (``python -m benchmarks run s8 --n 20000``; ``python -m benchmarks list`` names them)."""
+    if args and not args[0].startswith("-"):
+        name = "s1" if args[0] == "fanout" else args[0]  # "fanout": the older spelling
+        run(PY, "-m", "benchmarks", "run", name, *args[1:])
     else:
         run(PY, "benchmarks/run_all.py", *args)
 

@@ -3,12 +3,14 @@
 rooms) and then remove them all, through RoomManager.add_connection/join_room/remove_connection.
 
     .venv/bin/python benchmarks/churn.py            # N = 1000 and 10000, 5 repeats, median
+    .venv/bin/python benchmarks/churn.py --n 100 --repeat 1     # smoke run
 
 No server, no sockets: the manager's own bookkeeping, which every close goes through.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import time
@@ -43,12 +45,17 @@ async def churn(n: int) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t1
 
 
-def main() -> None:
-    for n in (1000, 10_000):
-        runs = [asyncio.run(churn(n)) for _ in range(5)]
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", default="1000,10000", help="connections, a comma list")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+    for n in (int(x) for x in args.n.split(",")):
+        runs = [asyncio.run(churn(n)) for _ in range(args.repeat)]
         add = statistics.median(r[0] for r in runs) * 1e6 / n
         remove = statistics.median(r[1] for r in runs) * 1e6 / n
-        print(f"N={n}: add+join {add:.2f} us, remove {remove:.2f} us per connection (median of 5)")
+        print(f"N={n}: add+join {add:.2f} us, remove {remove:.2f} us per connection "
+              f"(median of {args.repeat})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/memprofile.py                 # rooms' ready endpoint, 500 conns
     .venv/bin/python benchmarks/memprofile.py --app bare      # the bare Starlette app of S4
+    .venv/bin/python benchmarks/memprofile.py --app gobstopper  # S8's Gobstopper-style handler
     .venv/bin/python benchmarks/memprofile.py --n 1000 --top 30
 
 The server (this file with ``--serve``) runs S4's app (``scenarios_apps2.py``) on uvicorn with
@@ -35,6 +36,7 @@ APPS = {
     "rooms": ("make_rooms_app", "/ws"),
     "bare": ("make_bare_app", "/idle"),
     "fastapi": ("make_fastapi_app", "/idle"),
+    "gobstopper": ("s8_apps.make_gobstopper", "/members/{i}"),  # a Gobstopper-style handler
 }
 
 
@@ -81,20 +83,24 @@ def serve(port: int, app_name: str, top: int) -> None:
     import uvicorn
 
     sys.path.insert(0, str(HERE))
+    import s8_apps
     import scenarios_apps2
 
     tracemalloc.start(1)
-    app = _profiled(getattr(scenarios_apps2, APPS[app_name][0])(), top)
+    module, _, factory = APPS[app_name][0].rpartition(".")
+    app = _profiled(getattr(s8_apps if module else scenarios_apps2, factory)(), top)
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
                 ws="websockets-sansio", log_level="warning")  # fmt: skip
 
 
-async def _open(url: str, n: int, join: bool) -> list[Any]:
+async def _open(url: str, n: int, join: bool, first: int = 0) -> list[Any]:
     from websockets.asyncio.client import connect
 
     async def one(i: int) -> Any:
-        ws = await connect(url, compression=None, open_timeout=30)
-        if join:
+        ws = await connect(url.format(i=i), compression=None, open_timeout=30)
+        if "{i}" in url:  # the Gobstopper-style handler says "joined" once it has joined
+            assert await asyncio.wait_for(ws.recv(), 30) == "joined"
+        elif join:
             await ws.send(json.dumps({"type": "join", "room": f"idle-{i % 100}"}))
             while '"joined"' not in str(await asyncio.wait_for(ws.recv(), 30)):
                 pass
@@ -102,7 +108,9 @@ async def _open(url: str, n: int, join: bool) -> list[Any]:
 
     conns: list[Any] = []
     for start in range(0, n, 100):
-        conns += await asyncio.gather(*(one(i) for i in range(start, min(n, start + 100))))
+        conns += await asyncio.gather(
+            *(one(first + i) for i in range(start, min(n, start + 100)))
+        )
     return conns
 
 
@@ -114,7 +122,7 @@ def _get(port: int, path: str) -> str:
 async def client(port: int, app_name: str, n: int) -> None:
     url = f"ws://127.0.0.1:{port}{APPS[app_name][1]}"
     join = app_name == "rooms"
-    warm = await _open(url, 20, join)
+    warm = await _open(url, 20, join, first=10**6)  # ids apart from the measured ones
     _get(port, "/__snapshot/before")
     conns = await _open(url, n, join)
     print(f"{app_name}: {n} idle connections ({'each joined a room' if join else 'bare'})")

@@ -1,6 +1,7 @@
 """Write docs/benchmarks.md (tables) and docs/img/bench-*.png (plots) from benchmark records.
 
     .venv/bin/python benchmarks/report.py --s1 S1.json [--s7 S7.json] [--s3 S3.json] [--s456 S.json]
+        [--s8 S8.json]
 
 ``--s1-more`` adds fanout.py records of the same settings at other N to S1 (the committed page:
 ``final-s1.json`` at N = 100 and 1000, ``final-s1-n5000.json`` at 5000).
@@ -248,6 +249,61 @@ def section_s7(s7: dict[str, Any] | None, source: str) -> list[str]:
     return [*out, "", "Target: >= 0.7x one process.", ""]
 
 
+def _plot_s8(s8: dict[str, Any]) -> str | None:
+    """Cost as connections grow: RSS per connection and one broadcast's time, against N."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = list(s8.get("summary", {}).values())
+    fig, (mem, bcast) = plt.subplots(1, 2, figsize=(10, 4))
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = sorted((r for r in rows if r["case"] == case), key=lambda r: r["n"])
+        ns = [r["n"] for r in mine]
+        mem.plot(ns, [_med(r["rss_per_conn_kib"]) for r in mine], marker="o", label=case)
+        times = [_med(r["broadcast_seconds"]) for r in mine]
+        line = bcast.plot(ns, [None if t is None else 1000 * t for t in times], marker="o",
+                          label=case)  # fmt: skip
+        fit = (s8.get("fits") or {}).get(case)
+        if fit:
+            xs = [0, max(ns)]
+            ys = [1000 * (fit["intercept_seconds"] + fit["seconds_per_connection"] * x) for x in xs]
+            bcast.plot(xs, ys, linestyle=":", color=line[0].get_color(), linewidth=1)
+    mem.set_xlabel("connections on one process")
+    mem.set_ylabel("server RSS per connection (KiB)")
+    mem.set_ylim(bottom=0)
+    bcast.set_xlabel("connections on one process")
+    bcast.set_ylabel("one broadcast reaches all (ms, median)")
+    bcast.set_ylim(bottom=0)
+    mem.legend(fontsize=7)
+    fig.suptitle("S8: idle connections; dotted: least-squares fit")
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / "bench-s8.png", dpi=110)
+    plt.close(fig)
+    return "img/bench-s8.png"
+
+
+def section_s8(s8: dict[str, Any] | None, source: str) -> list[str]:
+    out = ["## S8: connections on one process", ""]
+    if s8 is None:
+        return [*out, "Not measured in this report.", ""]
+    out += [
+        f"`{source}` (`python -m benchmarks run s8`): a fresh server process per case and N; "
+        "connections from several loopback source addresses; the bare app is the baseline "
+        "for memory.",
+        s8.get("markdown", "").rstrip(),
+        "",
+    ]
+    plot = _plot_s8(s8)
+    if plot:
+        out += [f"![S8: cost against connections]({plot})", ""]
+    return out
+
+
 def section_scenarios(rec: dict[str, Any] | None, source: str) -> list[str]:
     out = ["## S4-S6: idle connections, many rooms, a stalled client", ""]
     if rec is None:
@@ -327,9 +383,7 @@ def _ceiling_caveat(s1: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def merge_s1(
-    first: dict[str, Any] | None, more: Sequence[dict[str, Any]]
-) -> dict[str, Any] | None:
+def merge_s1(first: dict[str, Any] | None, more: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """One S1 record from several runs of fanout.py with the same settings but other N."""
     if first is None or not more:
         return first
@@ -367,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--s3", help="shootout.py record")
     ap.add_argument("--s456", help="scenarios.py record")
     ap.add_argument("--s7", help="fanout.py record with rooms-redis-2w")
+    ap.add_argument("--s8", help="python -m benchmarks run s8 record")
     ap.add_argument("--out", default=str(DOCS / "benchmarks.md"))
     args = ap.parse_args(argv)
     global IMG
@@ -380,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s3, s3_src = load(args.s3)
     s456, s456_src = load(args.s456)
     s7, s7_src = load(args.s7)
+    s8, s8_src = load(args.s8)
     env = (s1 or s7 or {}).get("environment", {})
     lines = [
         "# Benchmarks",
@@ -401,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *section_s3(s3, s3_src),
         *section_scenarios(s456, s456_src),
         *section_s7(s7, s7_src),
+        *section_s8(s8, s8_src),
         *section_targets([s1, s7, s3, s456]),
         *section_profile(s1),
         "## Caveats",

@@ -1,0 +1,1 @@
+"""fastapi-rooms' benchmarks: ``python -m benchmarks list`` / ``python -m benchmarks run s8``."""
