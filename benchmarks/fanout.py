@@ -63,6 +63,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness import limits
 from peer_apps import JOINED, payload, published
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +80,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "rooms-model": ("uvicorn", "rooms_model_app"),
     "rooms-history": ("uvicorn", "rooms_history_app"),
     "rooms-metrics": ("uvicorn", "rooms_metrics_app"),
+    # As a new user runs it: one broadcast per event-loop pass (the Gobstopper-style handler).
+    "plain-pass": ("uvicorn", "plain_pass_app"),
+    "rooms-pass": ("uvicorn", "rooms_pass_app"),
     "rooms-granian-rsgi-default-gc": ("granian-rsgi", "rooms_rsgi_default_gc_app"),
     "rooms-redis-2w": ("uvicorn", "make_rooms_redis_app"),
     # manager.publish over Redis, without and with history kept in Redis (offsets by script).
@@ -126,13 +130,19 @@ DESCRIPTIONS = {
     "validated by a Pydantic model (one str field) and dumped before the fan-out",
     "rooms-history": "rooms-publish in a room keeping its last 1000 messages "
     "(`namespace(room, history_size=1000)`): each event numbered and kept, in one process",
+    "plain-pass": "plain, with one broadcast per event-loop pass (`await asyncio.sleep(0)` after "
+    "each), as when messages come from many client tasks rather than one burst",
+    "rooms-pass": "rooms (a Gobstopper-style handler, `broadcast_to_room`) with one broadcast per "
+    "event-loop pass: fastapi-rooms as a new user runs it, nothing to cork",
     "rooms-metrics": "rooms with Prometheus metrics on (`create_rooms_router(metrics_url=...)`): "
     "the fan-out time histogram observed per broadcast",
-    "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)` "
-    "under `granian --interface rsgi` (the settings docs/granian.md recommends): native "
+    "rooms-granian-rsgi": "fastapi_rooms, `RSGIApp(app)` under `granian --interface rsgi` (its "
+    "defaults: `gc.freeze()` after start-up, first GC threshold 50,000; before issue 16 these "
+    "had to be passed as `freeze_gc=True, gc_threshold=50_000`): native "
     "`transport.send_str` per member (RSGIOutbound)",
     "rooms-granian-rsgi-default-gc": "the rooms-granian-rsgi app with Python's default garbage "
-    "collector settings: `RSGIApp(app)`",
+    "collector settings: `RSGIApp(app, freeze_gc=False, gc_threshold=None)` (what `RSGIApp(app)` "
+    "did before issue 16)",
     "rooms-granian-asgi": "fastapi_rooms, the same app under `granian --interface asgi`",
     "rooms-redis-2w": "fastapi_rooms over Redis, two uvicorn processes on the server core, half "
     "the members on each; the first runs the broadcasts (local delivery + publish), the second "
@@ -1835,15 +1845,7 @@ def plan_groups(variants: Sequence[str], n: int, max_sockets: int) -> list[list[
 def raise_open_files() -> int | None:
     """Raise this process's open-file limit to its hard limit; the limit now (None if unknown)."""
     try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            hard = 1 << 20
-        if soft == resource.RLIM_INFINITY or soft < hard:
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        return limits.raise_open_files()
     except (ImportError, OSError, ValueError):
         return None
 

@@ -54,7 +54,12 @@ __all__ = ["JOINED", "ROOM", "payload"]  # the shared wire format, defined in pe
 Broadcast = Callable[[str], Awaitable[int]]
 
 
-def _add_control(app: FastAPI, broadcast: Broadcast, stats: Callable[[], dict[str, Any]]) -> None:
+def _add_control(
+    app: FastAPI, broadcast: Broadcast, stats: Callable[[], dict[str, Any]], per_pass: bool = False
+) -> None:
+    """``per_pass``: one broadcast per event-loop pass (``await asyncio.sleep(0)`` after each),
+    as when messages come from many client tasks rather than one burst from one task."""
+
     @app.websocket("/control")
     async def control(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -68,6 +73,8 @@ def _add_control(app: FastAPI, broadcast: Broadcast, stats: Callable[[], dict[st
                     t0 = time.perf_counter()
                     for message in messages:
                         handed += await broadcast(message)
+                        if per_pass:
+                            await asyncio.sleep(0)
                     elapsed = time.perf_counter() - t0
                     await websocket.send_text(f"done {handed} {elapsed:.6f}")
                 elif command[0] == "stats":
@@ -110,7 +117,7 @@ class ConnectionManager:
         return sent
 
 
-def _plain(concurrent: bool) -> FastAPI:
+def _plain(concurrent: bool, per_pass: bool = False) -> FastAPI:
     app = FastAPI()
     hub = ConnectionManager(concurrent)
 
@@ -124,7 +131,7 @@ def _plain(concurrent: bool) -> FastAPI:
         except WebSocketDisconnect:
             hub.disconnect(websocket)
 
-    _add_control(app, hub.broadcast, lambda: {"members": len(hub.active_connections)})
+    _add_control(app, hub.broadcast, lambda: {"members": len(hub.active_connections)}, per_pass)
     return app
 
 
@@ -142,6 +149,7 @@ def _rooms(
     prefix: str = "fastapi_rooms",
     publish: str | None = None,
     metrics: bool = False,
+    per_pass: bool = False,
 ) -> FastAPI:
     """``publish``: None broadcasts the payload as it is; "event" sends it as the ready
     protocol's ``message`` event (``manager.publish``), "model" the same with a namespace
@@ -194,7 +202,7 @@ def _rooms(
             "backend": s["backend"],
         }
 
-    _add_control(app, broadcast, stats)
+    _add_control(app, broadcast, stats, per_pass)
     return app
 
 
@@ -205,10 +213,14 @@ rooms_publish_app = _rooms(publish="event")
 rooms_model_app = _rooms(publish="model")
 rooms_history_app = _rooms(publish="history")
 rooms_metrics_app = _rooms(metrics=True)
-# The documented production settings for RSGI (fewer and shorter full GCs, see docs/granian.md);
-# they are process-wide, and each server is its own process.
-rooms_rsgi_app = RSGIApp(rooms_app, freeze_gc=True, gc_threshold=50_000)
-rooms_rsgi_default_gc_app = RSGIApp(rooms_app)  # the same with Python's default GC settings
+# "As a new user runs it": one broadcast per event-loop pass (no burst to cork).
+plain_pass_app = _plain(concurrent=False, per_pass=True)
+rooms_pass_app = _rooms(per_pass=True)
+# RSGIApp(app) as a new user writes it: its defaults tune the collector (gc.freeze() after
+# start-up, first threshold 50,000: fewer and shorter full GCs, see docs/granian.md); they are
+# process-wide, and each server is its own process. The second opts out: Python's settings.
+rooms_rsgi_app = RSGIApp(rooms_app)
+rooms_rsgi_default_gc_app = RSGIApp(rooms_app, freeze_gc=False, gc_threshold=None)
 
 
 def make_rooms_redis_app() -> FastAPI:

@@ -61,6 +61,7 @@ from fanout import (
     spread,
 )
 from fanout_apps import payload
+from harness.limits import raise_open_files
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -1783,18 +1784,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.size < 11 or args.s6_size < 11:
         p.error("message sizes must be at least 11 bytes (the message carries its number)")
     return args
-
-
-def raise_open_files(needed: int) -> int:
-    """Raise this process's open-files limit (servers inherit it); the soft limit in force."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
-    if want > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

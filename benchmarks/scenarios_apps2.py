@@ -11,7 +11,7 @@ S6 a stalled member). Each is an app factory, so a server process builds only th
   ``fastapi-uvicorn``), to tell FastAPI's share from fastapi_rooms'.
 - ``make_rooms_app``: fastapi_rooms' ready endpoint (``create_rooms_router(RoomManager())``,
   ``/ws``) plus ``/control`` (below). ``make_rooms_rsgi_app``:
-  ``RSGIApp(app, freeze_gc=True, gc_threshold=50_000)`` of the same app.
+  ``RSGIApp(app)`` (its default GC settings) of the same app.
 - ``make_plain_app``: the FastAPI tutorial's ``ConnectionManager`` from fanout_apps.py (one
   room: ``for ws in members: await ws.send_text(msg)``), members at ``/members/{cid}`` (told
   ``joined``, then only read), plus ``/control``.
@@ -262,8 +262,8 @@ def make_rooms_app() -> Any:
 def make_rooms_rsgi_app() -> Any:
     from fastapi_rooms.rsgi import RSGIApp
 
-    # the documented production settings under Granian (as in fanout_apps.py)
-    return RSGIApp(make_rooms_app(), freeze_gc=True, gc_threshold=50_000)
+    # RSGIApp's defaults (the collector tuned, as in fanout_apps.py)
+    return RSGIApp(make_rooms_app())
 
 
 # The plain loop ----------------------------------------------------------------------------

@@ -126,11 +126,12 @@ async def test_hostile_input_leaves_the_worker_serving(bridge: Server) -> None:
 
 
 def test_gc_settings_after_startup(serve: Callable[..., Server]) -> None:
-    plain = serve("granian-rsgi", "bridge_app:rsgi_app")
-    tuned = serve("granian-rsgi", "bridge_app:frozen_rsgi_app")
-    assert httpx.get(f"{plain.http}/gc", timeout=10).json() == {"frozen": 0, "threshold": 700}
+    """RSGIApp(app) tunes the collector by default (and says so); an app can opt out."""
+    tuned = serve("granian-rsgi", "bridge_app:rsgi_app")
+    python = serve("granian-rsgi", "bridge_app:python_gc_rsgi_app")
     state = httpx.get(f"{tuned.http}/gc", timeout=10).json()
     assert state["frozen"] > 1000 and state["threshold"] == 50_000
+    assert httpx.get(f"{python.http}/gc", timeout=10).json() == {"frozen": 0, "threshold": 700}
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "700", True])

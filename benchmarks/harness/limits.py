@@ -7,12 +7,17 @@ import resource
 __all__ = ["PORTS_PER_ADDRESS", "ephemeral_ports", "raise_open_files", "source_addresses"]
 
 
-def raise_open_files(needed: int) -> int:
-    """Raise this process's open-file limit to ``needed`` (children inherit it); the new soft
-    limit. Above the hard limit this needs root (CAP_SYS_RESOURCE); without it the limit stays
-    and the caller sees the smaller number."""
+def raise_open_files(needed: int | None = None) -> int:
+    """Raise this process's open-file limit to ``needed`` (None: to the hard limit); children
+    inherit it. The new soft limit. Above the hard limit this needs root with
+    CAP_SYS_RESOURCE; without it the limit stops at the hard limit and the caller sees the
+    smaller number."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if needed is None:
+        needed = hard
+    if soft != resource.RLIM_INFINITY and soft >= needed:
         return soft
     try:
         with open("/proc/sys/fs/nr_open") as f:
@@ -24,7 +29,7 @@ def raise_open_files(needed: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 def ephemeral_ports() -> int:
