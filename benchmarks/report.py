@@ -4,7 +4,8 @@
         [--s8 S8.json]
 
 ``--s1-more`` adds fanout.py records of the same settings at other N to S1 (the committed page:
-``final-s1.json`` at N = 100 and 1000, ``final-s1-n5000.json`` at 5000).
+``final-s1.json`` at N = 100 and 1000, ``final-s1-n5000.json`` at 5000); ``--s9-more`` adds
+S9 records at other loads (the committed page: ``final-s9-rate200.json``).
 ``benchmarks/run_all.py`` runs every scenario and then this script. Each input is the JSON
 record one benchmark script wrote; a missing input leaves its section saying so.
 """
@@ -304,6 +305,26 @@ def section_s8(s8: dict[str, Any] | None, source: str) -> list[str]:
     return out
 
 
+
+def section_s9(
+    s9: dict[str, Any] | None, source: str, more: Sequence[tuple[dict[str, Any] | None, str]] = ()
+) -> list[str]:
+    out = ["## S9: many rooms on many nodes", ""]
+    if s9 is None:
+        return [*out, "Not measured in this report.", ""]
+    out += [
+        f"`{source}` (`python -m benchmarks run s9`): nodes share one Redis; fastapi-rooms "
+        "subscribes a node to a room's channel while it has members there, python-socketio's "
+        "`AsyncRedisManager` sends everything through one channel every node reads.",
+        "",
+        s9.get("markdown", "").strip(),
+        "",
+    ]
+    for record, src in more:  # the same at other loads
+        if record is not None:
+            out += [f"`{src}`:", "", record.get("markdown", "").strip(), ""]
+    return out
+
 def section_scenarios(rec: dict[str, Any] | None, source: str) -> list[str]:
     out = ["## S4-S6: idle connections, many rooms, a stalled client", ""]
     if rec is None:
@@ -422,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--s456", help="scenarios.py record")
     ap.add_argument("--s7", help="fanout.py record with rooms-redis-2w")
     ap.add_argument("--s8", help="python -m benchmarks run s8 record")
+    ap.add_argument("--s9", help="python -m benchmarks run s9 record")
+    ap.add_argument("--s9-more", action="append", default=[], help="another S9 record")
     ap.add_argument("--out", default=str(DOCS / "benchmarks.md"))
     args = ap.parse_args(argv)
     global IMG
@@ -436,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s456, s456_src = load(args.s456)
     s7, s7_src = load(args.s7)
     s8, s8_src = load(args.s8)
+    s9, s9_src = load(args.s9)
     env = (s1 or s7 or {}).get("environment", {})
     lines = [
         "# Benchmarks",
@@ -458,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *section_scenarios(s456, s456_src),
         *section_s7(s7, s7_src),
         *section_s8(s8, s8_src),
+        *section_s9(s9, s9_src, [load(path) for path in args.s9_more]),
         *section_targets([s1, s7, s3, s456]),
         *section_profile(s1),
         "## Caveats",
@@ -474,13 +499,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "frames or 64 KiB per member the same way, see the profile above); its latency to the last "
         "receiver is about twice fastapi-rooms'.",
         "- Granian RSGI is measured with `RSGIApp(app, freeze_gc=True, gc_threshold=50_000)`, "
-        "the settings docs/granian.md recommends; `rooms-granian-rsgi-default-gc` is the same "
-        "app with Python's defaults (its p99 shows the full garbage collections).",
+        "RSGIApp's defaults since issue 16 (docs/granian.md); `rooms-granian-rsgi-default-gc` "
+        "is the same app with Python's settings (its p99 shows the full garbage collections).",
         "- S4's base is a bare Starlette app. A FastAPI app pays for FastAPI's own per-request "
         "frames (middleware, included routers) on every WebSocket: about 3 KB per idle "
         "connection by `benchmarks/memprofile.py` (tracemalloc), more than the 2 KiB target "
         "by itself; the `fastapi-uvicorn` case of `benchmarks/scenarios.py` measures a bare "
         "FastAPI WebSocket endpoint.",
+        "- S8 is capped at the open-file limit of the machine it ran on (the record says so); "
+        "its line at 100,000 is the fitted projection, not a measurement. Under Granian, a bare "
+        "RSGI app costs about 158 KiB per idle WebSocket by itself (RSGIApp adds about 15 KiB): "
+        "that memory is Granian's, most likely the 128 KiB read buffer tungstenite gives each "
+        "WebSocket by default, which Granian 2.8 does not let an app configure.",
+        "- S9 runs four nodes, Redis and the client on two cores; python-socketio's nodes each "
+        "read every message of every room, and at the default load they fall behind (their "
+        "row says how many deliveries had not arrived 15 s after publishing stopped). Most of "
+        "fastapi-rooms' Redis CPU there is its directory and presence refresh (about 600,000 "
+        "commands in 20 s, against 30,000 with the refresh out of the window), so at a light "
+        "load it uses more Redis CPU than python-socketio.",
         "- Targets not met are listed as such above; see the closing notes of the benchmark "
         "issue for what is left (memory per connection, Granian RSGI throughput).",
         "",

@@ -40,6 +40,7 @@ def plan(stamp: str, quick: bool, rounds: int) -> dict[str, list[str]]:
             "s3": ["shootout.py", "--quick", *out("s3")],
             "s456": ["scenarios.py", "--quick", *out("s456")],
             "s8": ["-m", "benchmarks", "run", "s8", "--quick", *out("s8")],
+            "s9": ["-m", "benchmarks", "run", "s9", "--quick", *out("s9")],
         }
     return {
         "s1": ["fanout.py", "--n", "100,1000,5000", "--variants", S1_VARIANTS, *r, *out("s1")],
@@ -56,6 +57,7 @@ def plan(stamp: str, quick: bool, rounds: int) -> dict[str, list[str]]:
         "s456": ["scenarios.py", *out("s456")],
         # 100,000 where the open-file limit allows (else capped, and the record says so)
         "s8": ["-m", "benchmarks", "run", "s8", "--n", "5000,10000,100000", *out("s8")],
+        "s9": ["-m", "benchmarks", "run", "s9", *out("s9")],
     }
 
 
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds for the fan-out runs")
-    ap.add_argument("--only", default="s1,s3,s456,s7,s8", help="comma-separated scenarios")
+    ap.add_argument("--only", default="s1,s3,s456,s7,s8,s9", help="comma-separated scenarios")
     ap.add_argument("--report-out", default=None, help="markdown path (default docs/benchmarks.md)")
     args = ap.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)

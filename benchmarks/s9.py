@@ -11,8 +11,8 @@ a second, each to a random room from one of its members (through the app's own p
 while ``--churners`` extra connections per node join and leave rooms their node does not hold
 (``--churn`` operations a second: each join or leave changes the node's subscriptions).
 Measured: deliveries per second to the stable members, latency from publish to each member
-(p50/p99), messages lost, Redis's CPU time and channels, and per node the channels it holds,
-the messages it read from Redis and its CPU time.
+(p50/p99), messages not delivered (or duplicated), Redis's CPU time and channels, and per
+node the channels it holds, the messages it read from Redis and its CPU time.
 
 Variants: ``rooms`` (fastapi_rooms' ready endpoint on ``RoomManager("redis://...")``: one
 channel per room, read only by nodes with members in it) and ``socketio`` (python-socketio's
@@ -86,6 +86,9 @@ class Client:
         self.churn_received = 0
         self.churn_acks = 0
         self.errors: list[str] = []
+        self.t0 = 0.0  # when publishing started
+        self.last = 0.0  # the last delivery to a stable member
+        self.by_second: dict[int, list[float]] = {}  # latencies by the second they were sent in
         self.total = 0  # deliveries to stable members
         self.expected = 1 << 62  # known once publishing stops
         self.drained = asyncio.Event()
@@ -146,6 +149,8 @@ class Client:
             if count > MEMBERS:
                 self.duplicates_or_strays += 1
             self.latencies.append(1000 * (now - sent))
+            self.by_second.setdefault(int(sent - self.t0), []).append(1000 * (now - sent))
+            self.last = now
             self.total += 1
             if self.total >= self.expected:
                 self.drained.set()
@@ -233,7 +238,7 @@ class Client:
         ]  # rooms a node does not hold: a churner's join there changes its subscriptions
         joined: dict[WSConn, str | None] = {conn: None for _, conn in churners}
         tick = 0.01
-        t0 = time.perf_counter()
+        t0 = self.t0 = time.perf_counter()
         seq = 0
         churn_due = 0.0
         step = 0
@@ -304,6 +309,8 @@ async def measure(variant: str, args: argparse.Namespace, log_dir: Path) -> dict
         rds = stack.enter_context(Server(f"s9-redis-{variant}", redis_cmd, log_dir))
         url = f"redis://127.0.0.1:{rds.port}/0"
         env = {"S9_REDIS_URL": url, "S9_PREFIX": f"s9-{uuid.uuid4().hex[:6]}"}
+        if args.node_ttl:
+            env["S9_NODE_TTL"] = str(args.node_ttl)
         factory = VARIANTS[variant][0]
         nodes = [
             stack.enter_context(
@@ -347,14 +354,21 @@ async def measure(variant: str, args: argparse.Namespace, log_dir: Path) -> dict
                 "published": len(client.sent),
                 "expected": expected,
                 "delivered": delivered,
-                "lost": expected - delivered,
+                # not delivered by the end of the drain (--drain s after publishing stopped)
+                "undelivered": expected - delivered,
                 "duplicates_or_strays": client.duplicates_or_strays,
-                "deliveries_per_s": delivered / seconds,
+                # over the publishing window, or until the last delivery if that was later
+                "deliveries_per_s": delivered / max(seconds, client.last - client.t0),
+                "last_delivery_after_s": client.last - client.t0,
                 "latency_ms": {
                     "p50": statistics.median(lat) if lat else None,
                     "p99": lat[int(0.99 * (len(lat) - 1))] if lat else None,
                     "max": lat[-1] if lat else None,
                 },
+                "p99_by_second_ms": [
+                    round(sorted(v)[int(0.99 * (len(v) - 1))], 1)
+                    for _, v in sorted(client.by_second.items())
+                ],
                 "churn_acks": client.churn_acks,
                 "churn_received": client.churn_received,
                 "errors": client.errors[:5],
@@ -369,8 +383,9 @@ async def measure(variant: str, args: argparse.Namespace, log_dir: Path) -> dict
                 "nodes": [_node(variant, b, a, c0, c1) for b, a, c0, c1
                           in zip(before_nodes, after_nodes, cpu_before, cpu_after, strict=True)],
             })  # fmt: skip
-            if rec["lost"]:
-                rec["error"] = f"{rec['lost']} of {expected} deliveries lost"
+            rec["kept_up"] = rec["undelivered"] == 0
+            if rec["undelivered"] and variant == "rooms":  # a peer falling behind is a result
+                rec["error"] = f"{rec['undelivered']} of {expected} deliveries never arrived"
         finally:
             client.abort(churners)
             r.close()
@@ -380,12 +395,15 @@ async def measure(variant: str, args: argparse.Namespace, log_dir: Path) -> dict
 def _node(variant: str, before: dict[str, Any], after: dict[str, Any],
           cpu0: float | None, cpu1: float | None) -> dict[str, Any]:  # fmt: skip
     cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    gc_full = after["gc_full_collections"] - before["gc_full_collections"]
     if variant == "rooms":
         b, a = before["backend"], after["backend"]
         return {"channels": a["channels"], "rooms": after["rooms"], "cpu_seconds": cpu,
+                "gc_full_collections": gc_full,
                 "messages_from_redis": a["messages_in"] - b["messages_in"],
                 "messages_to_redis": a["messages_out"] - b["messages_out"]}  # fmt: skip
     return {"channels": after["redis_channels"], "rooms": after["rooms"], "cpu_seconds": cpu,
+            "gc_full_collections": gc_full,
             "messages_from_redis": None,  # every node reads every emit (one channel)
             "messages_to_redis": after["published"] - before["published"]}  # fmt: skip
 
@@ -407,7 +425,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 [statistics.fmean(n["channels"] for n in r["nodes"]) for r in mine]
             ),
             "redis_channels": spread([r["redis"]["channels_after"] for r in mine]),
-            "lost": sum(r.get("lost", 0) for r in records if r["variant"] == variant),
+            "undelivered": sum(r.get("undelivered", 0) for r in mine),
         }
     return out
 
@@ -424,7 +442,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
         f"{args.rounds} round(s).",
         "",
         "| variant | deliveries/s | latency p50 / p99 ms | Redis CPU s | all nodes' CPU s | "
-        "channels per node | Redis channels | lost |",
+        "channels per node | Redis channels | not delivered after the drain |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for variant, s in summary.items():
@@ -435,7 +453,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
             f"{_f(s['redis_cpu_seconds']['median'], '.2f')} | "
             f"{_f(s['node_cpu_seconds']['median'], '.1f')} | "
             f"{_f(s['channels_per_node']['median'])} | {_f(s['redis_channels']['median'])} | "
-            f"{s['lost']} |"
+            f"{s['undelivered']:,} |"
         )
     return "\n".join(lines)
 
@@ -450,6 +468,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--churners", type=int, default=25, help="churning connections per node")
     ap.add_argument("--churn", type=float, default=100.0, help="joins and leaves per second")
     ap.add_argument("--variants", default="rooms,socketio")
+    ap.add_argument("--node-ttl", type=float, help="RoomManager(node_ttl=), 3x its heartbeat")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--settle", type=float, default=2.0)

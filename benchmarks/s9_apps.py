@@ -12,6 +12,7 @@ the Redis URL comes from ``S9_REDIS_URL``, the key prefix from ``S9_PREFIX``.
 
 # No ``from __future__ import annotations``: Starlette/FastAPI read endpoint types at run time.
 
+import gc
 import os
 from typing import Any
 
@@ -25,7 +26,8 @@ def make_rooms() -> Any:
 
     from fastapi_rooms import RoomManager, create_rooms_router
 
-    manager = RoomManager(_redis_url(), prefix=os.environ.get("S9_PREFIX", "s9"))
+    options = {"node_ttl": float(os.environ["S9_NODE_TTL"])} if "S9_NODE_TTL" in os.environ else {}
+    manager = RoomManager(_redis_url(), prefix=os.environ.get("S9_PREFIX", "s9"), **options)
     app = FastAPI()
     app.include_router(create_rooms_router(manager))
 
@@ -33,6 +35,7 @@ def make_rooms() -> Any:
     async def stats() -> dict[str, Any]:
         s = manager.stats()
         s.pop("room_sizes", None)
+        s["gc_full_collections"] = gc.get_stats()[2]["collections"]
         return s
 
     return app
@@ -74,7 +77,10 @@ def make_socketio() -> Any:
         rooms = sio.manager.rooms.get("/", {})
         named = [r for r in rooms if r is not None and not sio.manager.is_connected(r, "/")]
         # AsyncRedisManager: one channel for every node and room
-        return JSONResponse({**counts, "rooms": len(named), "redis_channels": 1})
+        full = gc.get_stats()[2]["collections"]
+        return JSONResponse(
+            {**counts, "rooms": len(named), "redis_channels": 1, "gc_full_collections": full}
+        )
 
     other = Starlette(routes=[Route("/s9/stats", stats)])
     return socketio.ASGIApp(sio, other_asgi_app=other)

@@ -99,7 +99,7 @@ def test_s9_quick_delivers_every_message_on_both_stacks(tmp_path: Path) -> None:
     assert set(by_variant) == {"rooms", "socketio"}
     for r in by_variant.values():
         assert r["error"] is None, r
-        assert r["published"] > 0 and r["lost"] == 0 and r["duplicates_or_strays"] == 0, r
+        assert r["published"] > 0 and r["undelivered"] == 0 and r["duplicates_or_strays"] == 0, r
         assert r["delivered"] == r["expected"] == 10 * r["published"], r
         assert r["churn_acks"] > 0, r  # churners joined and left while messages flowed
         assert len(r["nodes"]) == 3 and r["redis"]["cpu_seconds"] >= 0, r

@@ -15,27 +15,30 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def test_report_from_the_committed_records(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
-    args = [f"--{name}" for name in ("s1", "s3", "s456", "s7")]
+    args = [f"--{name}" for name in ("s1", "s3", "s456", "s7", "s8", "s9")]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--out", str(out)]
     for arg in args:
         cmd += [arg, str(RESULTS / f"final-{arg[2:]}.json")]
     cmd += ["--s1-more", str(RESULTS / "final-s1-n5000.json")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     page = out.read_text()
-    for heading in ("## S1", "## S2", "## S3", "## S4-S6", "## S7", "## Targets", "## Caveats"):
+    for heading in ("## S1", "## S2", "## S3", "## S4-S6", "## S7", "## S8", "## S9", "## Targets",
+                    "## Caveats"):  # fmt: skip
         assert heading in page
     assert "Not measured" not in page
     assert "| **no** |" in page  # unmet targets are shown, not hidden
     assert (tmp_path / "img" / "bench-s1.png").stat().st_size > 1000
     assert (tmp_path / "img" / "bench-s3.png").stat().st_size > 1000
+    assert (tmp_path / "img" / "bench-s8.png").stat().st_size > 1000
 
 
 def test_committed_page_matches_the_records(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--out", str(out)]
-    for name in ("s1", "s3", "s456", "s7"):
+    for name in ("s1", "s3", "s456", "s7", "s8", "s9"):
         cmd += [f"--{name}", str(RESULTS / f"final-{name}.json")]
     cmd += ["--s1-more", str(RESULTS / "final-s1-n5000.json")]
+    cmd += ["--s9-more", str(RESULTS / "final-s9-rate200.json")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     assert out.read_text() == (ROOT / "docs" / "benchmarks.md").read_text()
 
